@@ -1,0 +1,71 @@
+"""Backbones: torchvision ResNets, optionally narrower, with the small-image stem.
+
+CIFAR-size images (64 px or less) lose most of their resolution in ResNet's 7x7 stride-2
+stem and max-pool, so for them the stem is replaced by a 3x3 stride-1 convolution and the
+max-pool is dropped, as is usual in SSL work on CIFAR. ``width`` scales every stage's
+channels; 64 is torchvision's ResNet, smaller widths train many times faster on a CPU and
+are what the quick default runs use.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..errors import ConfigError
+
+#: block type and blocks per stage of each supported depth (as in torchvision)
+RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+}
+
+
+class _WidthResNet(ResNet):
+    """torchvision's ResNet whose stage widths are ``width * (1, 2, 4, 8)``.
+
+    torchvision fixes the widths at 64-512; building the stages through its own
+    ``_make_layer`` keeps the blocks, initialisation and state-dict names identical to
+    torchvision's when ``width == 64``.
+    """
+
+    def __init__(self, block: type[nn.Module], layers: list[int], width: int) -> None:
+        super().__init__(block, layers)  # type: ignore[arg-type]
+        if width == 64:
+            return
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.layer1 = self._make_layer(block, width, layers[0])  # type: ignore[arg-type]
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)  # type: ignore[arg-type]
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)  # type: ignore[arg-type]
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)  # type: ignore[arg-type]
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
+def build_backbone(
+    name: str = "resnet18", width: int = 64, small_stem: bool = False
+) -> tuple[nn.Module, int]:
+    """Return ``(backbone, feature_dim)``; the backbone maps images to pooled features.
+
+    Weights are always random (``weights=None``): self-supervised training starts from
+    scratch, and this package never downloads anything.
+    """
+    if name not in RESNET_LAYOUTS:
+        raise ConfigError(
+            f"backbone.name={name!r} is not supported: choose one of {sorted(RESNET_LAYOUTS)}"
+        )
+    if width <= 0 or width % 4:
+        raise ConfigError(f"backbone.width={width} must be a positive multiple of 4 (64 = torchvision)")
+    block, layers = RESNET_LAYOUTS[name]
+    net = _WidthResNet(block, layers, width)
+    feature_dim = width * 8 * block.expansion  # type: ignore[attr-defined]
+    net.fc = nn.Identity()  # type: ignore[assignment]
+    if small_stem:
+        net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
+    return net, feature_dim

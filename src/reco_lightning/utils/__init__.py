@@ -1,0 +1,1 @@
+"""Distributed helpers, momentum encoders, optimizers and schedules."""
