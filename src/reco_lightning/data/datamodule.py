@@ -1,0 +1,203 @@
+"""Lightning data module producing multi-view training batches and evaluation loaders.
+
+Training batch (``train_dataloader``), a dict collated by the default collate function::
+
+    {"strong": [Tensor(B, 3, S, S), Tensor(B, 3, S, S)],   # two independent strong views
+     "weak":   Tensor(B, 3, S, S),                         # only when weak_view=True
+     "label":  Tensor(B,) int64}                           # for monitoring only
+
+Validation (``val_dataloader``) returns two loaders of ``(Tensor(B, 3, S, S), Tensor(B,))``
+with the deterministic eval view: index 0 is the *train* split (the kNN memory bank),
+index 1 the *val* split (the kNN queries). Lightning passes that index to
+``validation_step`` as ``dataloader_idx``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from reco_lightning.data.datasets import DatasetSplits, build_datasets
+from reco_lightning.data import views as _views
+from reco_lightning.errors import ConfigError
+
+
+class MultiViewDataset(Dataset):
+    """Turns each ``(image, label)`` of a base dataset into several augmented views.
+
+    The weak view is produced only when a weak transform is given: it is ReCo's extra
+    target view, and methods without ReCo should not pay for a third augmentation.
+    """
+
+    def __init__(
+        self,
+        base: Dataset,
+        strong_transform: Callable[[Any], torch.Tensor],
+        weak_transform: Callable[[Any], torch.Tensor] | None = None,
+        num_strong: int = 2,
+    ) -> None:
+        if num_strong < 1:
+            raise ValueError("num_strong must be at least 1")
+        self.base = base
+        self.strong_transform = strong_transform
+        self.weak_transform = weak_transform
+        self.num_strong = num_strong
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.base[index]
+        item: dict[str, Any] = {
+            "strong": [self.strong_transform(image) for _ in range(self.num_strong)],
+            "label": int(label),
+        }
+        if self.weak_transform is not None:
+            item["weak"] = self.weak_transform(image)
+        return item
+
+
+class LabelledDataset(Dataset):
+    """A base dataset seen through one deterministic transform: ``(tensor, label)`` items."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.base = base
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return self.transform(image), int(label)
+
+
+def _positive_int(value: Any, key: str, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}={value!r} is not a positive integer: {hint}")
+    return value
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Self-supervised data: two strong views (+ optional weak view) and kNN eval loaders.
+
+    The splits are built eagerly in ``__init__`` because the model needs ``num_classes``,
+    ``image_size`` and ``train_size`` (e.g. for its schedule or queue size) before
+    ``trainer.fit`` runs ``setup``. ``batch_size`` is **per device**: under DDP with N
+    GPUs the effective batch is ``N * batch_size`` (Lightning inserts the
+    ``DistributedSampler`` itself, so the loaders here use plain ``shuffle``).
+
+    Note: because of the eager build, ``download=True`` downloads from every process that
+    constructs the module; download once on a single process before multi-GPU runs.
+    """
+
+    def __init__(
+        self,
+        name: str = "digits",
+        root: str | None = None,
+        image_size: int | None = None,
+        download: bool = False,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        weak_view: bool = False,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size = _positive_int(
+            batch_size, "dataset.batch_size", "set dataset.batch_size to the per-device batch, e.g. 128"
+        )
+        self.eval_batch_size = (
+            self.batch_size
+            if eval_batch_size is None
+            else _positive_int(
+                eval_batch_size,
+                "dataset.eval_batch_size",
+                "set dataset.eval_batch_size to a positive number or null to reuse dataset.batch_size",
+            )
+        )
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(
+                f"dataset.num_workers={num_workers!r} is negative or not an integer: set "
+                "dataset.num_workers to 0 (load in the main process) or a positive count"
+            )
+        self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and num_workers > 0
+        self.use_weak_view = bool(weak_view)
+        self.crop_scale = tuple(crop_scale)
+
+        self.splits: DatasetSplits = build_datasets(
+            name, root, image_size, download, val_fraction=val_fraction, seed=seed
+        )
+        self.name = self.splits.name
+        self.num_classes = self.splits.num_classes
+        self.image_size = self.splits.image_size
+        self.mean = self.splits.mean
+        self.std = self.splits.std
+        self.train_size = len(self.splits.train)  # type: ignore[arg-type]
+        self.val_size = len(self.splits.val)  # type: ignore[arg-type]
+        if self.batch_size > self.train_size:
+            raise ConfigError(
+                f"dataset.batch_size={self.batch_size} is larger than the {self.train_size} "
+                f"training images of '{self.name}': lower dataset.batch_size"
+            )
+
+        # Built now (not per loader call) so they fail early on bad settings.
+        self.strong_transform = _views.strong_view(self.image_size, self.mean, self.std, self.crop_scale)
+        self.weak_transform = (
+            _views.weak_view(self.image_size, self.mean, self.std, self.crop_scale)
+            if self.use_weak_view
+            else None
+        )
+        self.eval_transform = _views.eval_view(self.image_size, self.mean, self.std)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,  # equal-sized batches keep contrastive losses / queues stable
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def _check_per_device_size(self) -> None:
+        """Under DDP each rank sees 1/N of the data; drop_last would leave it no batch."""
+        trainer = self.trainer  # set by Lightning when fitting; None when used standalone
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        per_rank = math.ceil(self.train_size / world)
+        if self.batch_size > per_rank:
+            raise ConfigError(
+                f"dataset.batch_size={self.batch_size} is larger than the {per_rank} training "
+                f"images each of the {world} devices sees of '{self.name}': lower "
+                "dataset.batch_size (it is per device)"
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, drop-last loader of multi-view dicts (see the module docstring)."""
+        self._check_per_device_size()
+        dataset = MultiViewDataset(self.splits.train, self.strong_transform, self.weak_transform)
+        return self._loader(dataset, self.batch_size, train=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """``[train split (kNN memory bank), val split (kNN queries)]``, both eval view."""
+        return [
+            self._loader(LabelledDataset(self.splits.train, self.eval_transform), self.eval_batch_size, train=False),
+            self._loader(LabelledDataset(self.splits.val, self.eval_transform), self.eval_batch_size, train=False),
+        ]
+
+
+__all__ = ["LabelledDataset", "MultiViewDataset", "SSLDataModule"]
