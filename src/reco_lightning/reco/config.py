@@ -1,0 +1,61 @@
+"""ReCo's settings, with the defaults of RECO.md, checked once at construction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from .mixing import MIX_MODES
+
+
+@dataclass(frozen=True)
+class ReCoConfig:
+    """Weights, temperatures and bank sizes of the two relation terms.
+
+    ``tau_local=None`` means "the method's own temperature" (0.2 for MoCo v2, and 0.2 for
+    BYOL, which has none). ``negatives_size`` is used only by methods without a key queue
+    of their own (SimCLR, BYOL, most user methods); MoCo lends its queue.
+    """
+
+    w_global: float = 1.0
+    w_local: float = 1.0
+    tau_student: float = 0.1
+    tau_teacher: float = 0.04
+    tau_local: float | None = None
+    alpha: float = 1.0
+    mix: str = "cutmix"
+    bank_size: int = 16384
+    negatives_size: int = 16384
+
+    def __post_init__(self) -> None:
+        for name in ("tau_student", "tau_teacher", "alpha"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"reco.{name}={getattr(self, name)} must be positive")
+        if self.tau_local is not None and self.tau_local <= 0:
+            raise ConfigError(f"reco.tau_local={self.tau_local} must be positive (or null for the method's)")
+        for name in ("w_global", "w_local"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"reco.{name}={getattr(self, name)} must be >= 0")
+        for name in ("bank_size", "negatives_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"reco.{name}={getattr(self, name)} must be a positive number of embeddings")
+        if self.mix not in MIX_MODES:
+            raise ConfigError(f"reco.mix={self.mix!r} is unknown: choose one of {list(MIX_MODES)}")
+
+    @classmethod
+    def from_mapping(cls, settings: dict[str, Any] | None) -> "ReCoConfig | None":
+        """Build from a (config) mapping; ``None`` or ``enabled: false`` means ReCo is off."""
+        if settings is None:
+            return None
+        settings = dict(settings)
+        if not settings.pop("enabled", True):
+            return None
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown reco setting(s) {unknown}: valid are {sorted(known)}")
+        return cls(**settings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,50 @@
+"""ReCo's two relation terms as pure functions (see RECO.md for the definitions)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..methods.losses import info_nce_loss
+
+
+def global_relation_loss(
+    student: Tensor, teacher: Tensor, bank: Tensor, tau_student: float = 0.1, tau_teacher: float = 0.04
+) -> Tensor:
+    """Cross-entropy from the teacher's to the student's similarity distribution over a bank.
+
+    ``p_t = softmax(teacher @ bank.T / tau_teacher)`` (no gradient) is the sharper
+    distribution of the weak view; ``p_s = softmax(student @ bank.T / tau_student)`` that of
+    the strong view. Returns ``mean_i(-sum_j p_t[i, j] log p_s[i, j])``. Computed in
+    float32: with ``tau_teacher = 0.04`` the logits reach 25, too close to fp16's range.
+
+    Args:
+        student: ``(B, D)`` online embeddings of strong views ``q1``, with gradient.
+        teacher: ``(B, D)`` target embeddings of the weak views of the same images.
+        bank: ``(K, D)`` relation bank of earlier weak-view target embeddings.
+    """
+    bank = bank.detach().float()
+    with torch.no_grad():
+        teacher_probs = F.softmax(teacher.detach().float() @ bank.T / tau_teacher, dim=1)
+    student_log_probs = F.log_softmax(student.float() @ bank.T / tau_student, dim=1)
+    return -(teacher_probs * student_log_probs).sum(dim=1).mean()
+
+
+def interpolation_target(q1: Tensor, k2_permuted: Tensor, lam: float) -> Tensor:
+    """Where a pixel mix of images ``i`` and ``pi(i)`` should embed: the normalised feature mix.
+
+    ``normalize(lam * q1 + (1 - lam) * k2[pi])``, detached: it is a target, not a path
+    for gradients into the online branch.
+    """
+    mixed = lam * q1.detach().float() + (1.0 - lam) * k2_permuted.detach().float()
+    return F.normalize(mixed, dim=1)
+
+
+def local_interpolation_loss(mixed: Tensor, target: Tensor, negatives: Tensor, temperature: float) -> Tensor:
+    """InfoNCE of the mixed image's embedding against its interpolation target and a queue.
+
+    ``cross_entropy([z . t, z . N^T] / tau, 0)``; the target and the negatives are
+    detached, so only ``mixed`` (the online embedding of the mixed image) gets gradient.
+    """
+    return info_nce_loss(mixed, target.detach(), negatives.detach(), temperature)
