@@ -1,0 +1,11 @@
+"""The built-in self-supervised methods and their registry."""
+
+from .base import MethodOutput, SSLMethod
+from .byol import BYOL
+from .moco import MoCo
+from .simclr import SimCLR
+
+#: the names ``+method=`` accepts, and the class each builds
+METHODS: dict[str, type[SSLMethod]] = {"moco": MoCo, "simclr": SimCLR, "byol": BYOL}
+
+__all__ = ["BYOL", "METHODS", "MethodOutput", "MoCo", "SSLMethod", "SimCLR"]

@@ -1,0 +1,180 @@
+"""What MoCo v2, SimCLR and BYOL share: backbone, optimizer and schedule, online linear
+probe, kNN monitor, and the hook-up of ReCo.
+
+A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.method_step` (the
+method's own loss from two strong views), :meth:`online_embedding` and
+:meth:`target_embedding`. The training step, logging, ReCo and evaluation are here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..errors import ConfigError
+from ..eval.knn import knn_accuracy
+from ..models import build_backbone
+from ..reco import ReCoMixin
+from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
+
+
+@dataclass
+class MethodOutput:
+    """What a method's step returns, so ReCo can reuse it instead of recomputing.
+
+    Attributes:
+        loss: the method's own loss.
+        q1: online embedding of the first strong view (normalised, with gradient).
+        k2: target embedding of the second strong view (normalised, detached).
+        features: backbone features of the first strong view (for the online probe).
+    """
+
+    loss: Tensor
+    q1: Tensor
+    k2: Tensor
+    features: Tensor
+
+
+class SSLMethod(ReCoMixin, L.LightningModule):
+    """Base LightningModule of the built-in self-supervised methods.
+
+    Args:
+        num_classes: classes of the labelled validation data (online probe, kNN).
+        backbone: a ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
+        backbone_width: channels of the first stage; 64 is torchvision's ResNet.
+        small_stem: 3x3 stride-1 stem without max-pool, for images of 64 px or less.
+        optimizer: ``sgd`` or ``lars``.
+        lr: peak learning rate (already scaled to the global batch by the caller).
+        weight_decay: applied to weights, not to biases and norm parameters.
+        sgd_momentum: momentum of SGD/LARS.
+        warmup_epochs: linear warm-up length, then a cosine decay to zero.
+        classifier_lr: learning rate of the online linear probe (no weight decay).
+        knn_k, knn_temperature: the weighted kNN monitor's neighbours and temperature.
+        reco: ReCo's settings (see :class:`~reco_lightning.reco.ReCoConfig`); ``None`` = off.
+    """
+
+    #: dimension of online/target embeddings; set by subclasses before ``setup_reco``.
+    embedding_dim: int
+    #: the method's temperature, used by ReCo's local term unless ``reco.tau_local`` is set.
+    temperature: float = 0.2
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet18",
+        backbone_width: int = 64,
+        small_stem: bool = False,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        weight_decay: float = 5e-4,
+        sgd_momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        classifier_lr: float = 0.1,
+        knn_k: int = 200,
+        knn_temperature: float = 0.1,
+        reco: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ConfigError(f"num_classes={num_classes}: the validation data needs at least two classes")
+        if knn_k <= 0 or knn_temperature <= 0:
+            raise ConfigError(f"knn.k={knn_k} and knn.temperature={knn_temperature} must be positive")
+        self.backbone, self.feature_dim = build_backbone(backbone, backbone_width, small_stem)
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.num_classes = num_classes
+        self.val_linear_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._bank: list[tuple[Tensor, Tensor]] = []
+        self._queries: list[tuple[Tensor, Tensor]] = []
+
+    # -- what a method implements ------------------------------------------------------
+    def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
+        """The method's own loss from two strong views of the same images."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features, what downstream tasks use."""
+        return self.backbone(images)
+
+    # -- training -----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        view1, view2 = batch["strong"]
+        output = self.method_step(view1, view2)
+        loss = output.loss
+        self.log("train/loss_method", output.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        if self.reco_enabled:
+            if "weak" not in batch:
+                raise ConfigError(
+                    "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
+                )
+            terms = self.reco_loss(view1, view2, batch["weak"], q1=output.q1, k2=output.k2)
+            loss = loss + terms.weighted
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
+
+        logits = self.classifier(output.features.detach())
+        probe_loss = F.cross_entropy(logits, batch["label"])
+        probe_acc = (logits.argmax(dim=1) == batch["label"]).float().mean()
+        self.log("train/linear_loss", probe_loss.detach(), on_step=False, on_epoch=True)
+        self.log("train/linear_acc", probe_acc, on_step=False, on_epoch=True)
+        return loss + probe_loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        trained = nn.ModuleDict({name: m for name, m in self.named_children() if name != "classifier"})
+        groups = split_decay_groups(trained)
+        groups.append(
+            {"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr,
+             "weight_decay": 0.0, "lars_exclude": True}
+        )
+        optimizer = build_optimizer(
+            self.hparams.optimizer, groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.sgd_momentum
+        )
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        warmup_steps = int(self.hparams.warmup_epochs * total_steps / epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (for momentum schedules)."""
+        return max(int(self.trainer.estimated_stepping_batches), 1)
+
+    # -- validation: online probe and kNN monitor -----------------------------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        images, labels = batch
+        features = self.backbone(images).float()
+        if dataloader_idx == 0:
+            self._bank.append((features, labels))
+            return
+        self._queries.append((features, labels))
+        self.val_linear_acc(self.classifier(features), labels)
+        self.log("val/linear_acc", self.val_linear_acc, on_epoch=True, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        bank, queries = self._bank, self._queries
+        self._bank, self._queries = [], []
+        if not bank or not queries:
+            return
+        bank_x, bank_y = self._gather(bank)
+        query_x, query_y = self._gather(queries)
+        accuracy = knn_accuracy(
+            bank_x, bank_y, query_x, query_y, self.num_classes, self.hparams.knn_k, self.hparams.knn_temperature
+        )
+        self.log("val/knn_acc", accuracy, prog_bar=True)
+
+    def _gather(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Concatenate this rank's features and labels and gather them from all ranks."""
+        features = torch.cat([f for f, _ in parts])
+        labels = torch.cat([y for _, y in parts])
+        if self.trainer.world_size > 1:
+            features = self.all_gather(features).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1)
+        return features, labels

@@ -1,0 +1,81 @@
+"""BYOL (Grill et al., 2020): predictor, EMA target, symmetric regression loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..models import mlp_head
+from ..utils.momentum import cosine_momentum, ema_update, make_target
+from .base import MethodOutput, SSLMethod
+from .losses import byol_loss
+
+
+class BYOL(SSLMethod):
+    """BYOL with the cosine schedule of the target momentum (``momentum`` -> 1).
+
+    For ReCo the online embedding is the predictor's output and the target embedding the
+    target projector's, the pair BYOL itself compares. BYOL has no temperature; ReCo's
+    local term uses ``temperature`` (0.2) and keeps its own queue of negatives.
+
+    Args:
+        momentum: base EMA momentum of the target network, raised to 1 on a cosine.
+        proj_hidden_dim, proj_output_dim: the projector MLP.
+        pred_hidden_dim: the predictor MLP's hidden width (its output is proj_output_dim).
+        temperature: used only by ReCo's local term.
+        **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
+    """
+
+    def __init__(
+        self,
+        momentum: float = 0.99,
+        proj_hidden_dim: int = 4096,
+        proj_output_dim: int = 256,
+        pred_hidden_dim: int = 4096,
+        temperature: float = 0.2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= momentum <= 1.0:
+            raise ConfigError(f"method.momentum={momentum} must lie in [0, 1]")
+        if temperature <= 0:
+            raise ConfigError(f"method.temperature={temperature} must be positive")
+        self.base_momentum = momentum
+        self.temperature = temperature
+        self.embedding_dim = proj_output_dim
+        self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
+        self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)
+        self.target_backbone = make_target(self.backbone)
+        self.target_projector = make_target(self.projector)
+        self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature)
+
+    def online_embedding(self, images: Tensor) -> Tensor:
+        return F.normalize(self.predictor(self.projector(self.backbone(images))), dim=1)
+
+    @torch.no_grad()
+    def target_embedding(self, images: Tensor) -> Tensor:
+        return F.normalize(self.target_projector(self.target_backbone(images)), dim=1)
+
+    def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
+        features1 = self.backbone(view1)
+        p1 = F.normalize(self.predictor(self.projector(features1)), dim=1)
+        p2 = self.online_embedding(view2)
+        k1 = self.target_embedding(view1)
+        k2 = self.target_embedding(view2)
+        loss = (byol_loss(p1, k2) + byol_loss(p2, k1)) / 2
+        return MethodOutput(loss, p1, k2, features1)
+
+    def current_momentum(self) -> float:
+        return cosine_momentum(self.base_momentum, self.global_step, self.total_steps)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """EMA update of the target network after the optimizer step."""
+        momentum = self.current_momentum()
+        ema_update(self.target_backbone, self.backbone, momentum)
+        ema_update(self.target_projector, self.projector, momentum)
+        self.log("train/momentum", momentum, on_step=False, on_epoch=True)
+        super().on_train_batch_end(outputs, batch, batch_idx)

@@ -1,0 +1,108 @@
+"""MoCo v2 (Chen et al., 2020): momentum encoder and a FIFO queue of keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..models import mlp_head
+from ..reco.queue import FeatureQueue
+from ..utils.momentum import cosine_momentum, ema_update, make_target
+from .base import MethodOutput, SSLMethod
+from .losses import info_nce_loss
+
+
+class MoCo(SSLMethod):
+    """MoCo v2 with an optional symmetric loss.
+
+    With ``symmetric=True`` both directions are scored against the queue as it was before
+    the step, and the keys of both views are enqueued once, after the backward pass (as in
+    the MoCo authors' CIFAR demo), so a batch never meets its own keys as negatives. ReCo's
+    local term borrows this queue for its negatives.
+
+    Args:
+        temperature: InfoNCE temperature (0.2 in MoCo v2).
+        queue_size: number of keys in the queue; at least one global batch of keys.
+        momentum: EMA momentum of the key encoder.
+        momentum_schedule: ``cosine`` raises the momentum to 1 over training; ``constant``.
+        symmetric: score both (v1 -> v2) and (v2 -> v1); the loss is their mean.
+        proj_hidden_dim, proj_output_dim: the projector MLP.
+        proj_output_bn: BatchNorm (no affine) on the projector's output, as in MoCo v3.
+            Without it a narrow network on low-diversity data (the bundled digits) maps
+            every image to one direction within a few steps and never recovers: its keys
+            then fill the queue and the loss sits at log(queue_size + 1).
+        **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        queue_size: int = 4096,
+        momentum: float = 0.99,
+        momentum_schedule: str = "constant",
+        symmetric: bool = False,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_output_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ConfigError(f"method.temperature={temperature} must be positive")
+        if not 0.0 <= momentum <= 1.0:
+            raise ConfigError(f"method.momentum={momentum} must lie in [0, 1]")
+        if momentum_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"method.momentum_schedule={momentum_schedule!r}: choose 'constant' or 'cosine'")
+        self.temperature = temperature
+        self.base_momentum = momentum
+        self.momentum_schedule = momentum_schedule
+        self.symmetric = symmetric
+        self.embedding_dim = proj_output_dim
+        self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim, output_bn=proj_output_bn)
+        self.target_backbone = make_target(self.backbone)
+        self.target_projector = make_target(self.projector)
+        self.queue = FeatureQueue(queue_size, proj_output_dim, name="method.queue_size")
+        self._pending_keys: Tensor | None = None
+        self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature, negatives=self.queue)
+
+    def online_embedding(self, images: Tensor) -> Tensor:
+        return F.normalize(self.projector(self.backbone(images)), dim=1)
+
+    @torch.no_grad()
+    def target_embedding(self, images: Tensor) -> Tensor:
+        return F.normalize(self.target_projector(self.target_backbone(images)), dim=1)
+
+    def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
+        features1 = self.backbone(view1)
+        q1 = F.normalize(self.projector(features1), dim=1)
+        k2 = self.target_embedding(view2)
+        negatives = self.queue.features
+        loss = info_nce_loss(q1, k2, negatives, self.temperature)
+        if self.symmetric:
+            q2 = self.online_embedding(view2)
+            k1 = self.target_embedding(view1)
+            loss = (loss + info_nce_loss(q2, k1, negatives, self.temperature)) / 2
+            self._pending_keys = torch.cat([k1, k2])
+        else:
+            self._pending_keys = k2
+        return MethodOutput(loss, q1, k2, features1)
+
+    def current_momentum(self) -> float:
+        if self.momentum_schedule == "cosine":
+            return cosine_momentum(self.base_momentum, self.global_step, self.total_steps)
+        return self.base_momentum
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """EMA update of the key encoder, then this step's keys into the queue."""
+        momentum = self.current_momentum()
+        ema_update(self.target_backbone, self.backbone, momentum)
+        ema_update(self.target_projector, self.projector, momentum)
+        self.log("train/momentum", momentum, on_step=False, on_epoch=True)
+        if self._pending_keys is not None:
+            self.queue.enqueue(self._pending_keys)
+            self._pending_keys = None
+        super().on_train_batch_end(outputs, batch, batch_idx)

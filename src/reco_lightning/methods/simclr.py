@@ -1,0 +1,57 @@
+"""SimCLR (Chen et al., 2020): NT-Xent over the whole global batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..models import mlp_head
+from .base import MethodOutput, SSLMethod
+from .losses import nt_xent_loss
+
+
+class SimCLR(SSLMethod):
+    """SimCLR; the negatives of the whole global batch are gathered with gradients.
+
+    SimCLR has no target network, so for ReCo the target embedding is the online network
+    under ``no_grad`` and ``k2`` is the detached online embedding of the second view. ReCo
+    keeps its own queue of negatives for the local term (``reco.negatives_size``).
+
+    Args:
+        temperature: NT-Xent temperature.
+        proj_hidden_dim, proj_output_dim: the projector MLP.
+        **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ConfigError(f"method.temperature={temperature} must be positive")
+        self.temperature = temperature
+        self.embedding_dim = proj_output_dim
+        self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
+        self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature)
+
+    def online_embedding(self, images: Tensor) -> Tensor:
+        return F.normalize(self.projector(self.backbone(images)), dim=1)
+
+    @torch.no_grad()
+    def target_embedding(self, images: Tensor) -> Tensor:
+        return self.online_embedding(images)
+
+    def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
+        features1 = self.backbone(view1)
+        z1 = F.normalize(self.projector(features1), dim=1)
+        z2 = self.online_embedding(view2)
+        loss = nt_xent_loss(z1, z2, self.temperature)
+        return MethodOutput(loss, z1, z2.detach(), features1)
