@@ -1,0 +1,1 @@
+"""Hydra configuration tree of reco_lightning (shipped inside the package)."""

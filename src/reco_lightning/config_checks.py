@@ -1,0 +1,60 @@
+"""Checks of the composed config that must fail before any training starts.
+
+Hydra's struct mode already rejects an override of a key that does not exist; these
+checks cover what it cannot see: a missing ``+method``, keys added with ``+`` that no
+constructor takes, and values out of range. Each message names the setting and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .methods import METHODS
+
+
+def require_method(cfg: DictConfig) -> str:
+    """The chosen method's name, or a ConfigError listing the choices."""
+    choices = ", ".join(f"+method={name}" for name in METHODS)
+    if "method" not in cfg or cfg.method is None:
+        raise ConfigError(f"no method chosen: add one of {choices} to the command line")
+    name = cfg.method.get("name")
+    if name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is unknown: use one of {choices}")
+    return name
+
+
+def accepted_arguments(target: Callable[..., Any]) -> set[str]:
+    """Keyword names a constructor or function accepts (following ``**kwargs`` to bases)."""
+    names: set[str] = set()
+    classes = target.__mro__ if inspect.isclass(target) else ()
+    functions = [cls.__init__ for cls in classes if "__init__" in vars(cls)] or [target]
+    for function in functions:
+        parameters = inspect.signature(function).parameters
+        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            break
+    names.discard("self")
+    return names
+
+
+def reject_unknown_keys(section: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+    """ConfigError for the first key in ``keys`` that is not in ``allowed``, with a suggestion."""
+    allowed = sorted(set(allowed))
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean {section}.{close[0]}?" if close else f"valid keys are {allowed}"
+            raise ConfigError(f"{section}.{key} is not a known setting: {hint}")
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    """A resolved plain dict of a config node (``{}`` for None)."""
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
