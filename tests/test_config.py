@@ -1,0 +1,76 @@
+"""Config composition through Hydra's compose API, and the checks that run before training."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from reco_lightning.config_checks import reject_unknown_keys, require_method
+from reco_lightning.errors import ConfigError
+from reco_lightning.train import reco_settings
+
+METHODS = ["moco", "simclr", "byol"]
+DATASETS = ["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("reco", ["on", "off"])
+def test_every_method_dataset_combination_composes(compose_config, method, dataset, reco):
+    overrides = [f"+method={method}", f"dataset={dataset}", f"+reco={reco}"]
+    if dataset == "imagefolder":
+        overrides.append("dataset.root=/some/folder")
+    cfg = compose_config(*overrides)
+    assert cfg.method.name == method
+    assert cfg.dataset.name == dataset
+    assert require_method(cfg) == method
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert resolved["reco"]["enabled"] is (reco == "on")
+    if reco == "on":
+        assert resolved["reco"]["bank_size"] == resolved["dataset"]["queue_size"]
+
+
+def test_method_presets_set_their_own_optimizer(compose_config):
+    assert compose_config("+method=moco").optimizer.name == "sgd"
+    assert compose_config("+method=simclr").optimizer.name == "lars"
+    assert compose_config("+method=byol").optimizer.name == "lars"
+
+
+def test_reco_defaults_follow_reco_md(compose_config):
+    reco = compose_config("+method=moco", "+reco=on").reco
+    assert (reco.w_global, reco.w_local) == (1.0, 1.0)
+    assert (reco.tau_student, reco.tau_teacher, reco.alpha, reco.mix) == (0.1, 0.04, 1.0, "cutmix")
+
+
+def test_reco_off_and_absent_mean_the_same_run(compose_config):
+    assert reco_settings(compose_config("+method=moco")) is None
+    assert reco_settings(compose_config("+method=moco", "+reco=off")) is None
+    assert reco_settings(compose_config("+method=moco", "+reco=on"))["w_global"] == 1.0
+
+
+def test_missing_method_lists_the_choices(compose_config):
+    cfg = compose_config()
+    with pytest.raises(ConfigError, match=r"\+method=moco, \+method=simclr, \+method=byol"):
+        require_method(cfg)
+
+
+def test_unknown_method_is_a_hydra_error_listing_options(compose_config):
+    with pytest.raises(ConfigCompositionException, match="method/mocco"):
+        compose_config("+method=mocco")
+
+
+def test_misspelt_key_is_rejected_by_struct_mode(compose_config):
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_config("+method=moco", "trainer.max_epoch=3")
+
+
+def test_added_unknown_key_gets_a_suggestion():
+    with pytest.raises(ConfigError, match="did you mean trainer.max_epochs"):
+        reject_unknown_keys("trainer", ["max_epoch"], ["max_epochs", "devices"])
+
+
+def test_invalid_reco_value_names_the_setting(compose_config):
+    cfg = compose_config("+method=moco", "+reco=on", "reco.tau_teacher=0")
+    with pytest.raises(ConfigError, match="reco.tau_teacher"):
+        reco_settings(cfg)

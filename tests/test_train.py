@@ -1,0 +1,92 @@
+"""Short end-to-end runs of every method through the same path as the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from reco_lightning.errors import ConfigError
+from reco_lightning.methods import METHODS
+from reco_lightning.train import train
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def logged_values(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+
+
+@pytest.mark.parametrize("reco", ["off", "on"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, method, reco):
+    cfg = compose_config(f"+method={method}", f"+reco={reco}", *tiny, "trainer.log_every_n_steps=1")
+    summary = train(cfg, tmp_path)
+
+    assert summary["steps"] == 3
+    assert 0.0 <= summary["knn_acc"] <= 1.0 and 0.0 <= summary["knn_acc_random_init"] <= 1.0
+    assert json.loads((tmp_path / "summary.json").read_text())["method"] == method
+    assert (tmp_path / "config.yaml").is_file()
+
+    rows = read_metrics(tmp_path)
+    terms = ["train/loss_method_step"] + (["train/loss_global_step", "train/loss_local_step"] if reco == "on" else [])
+    for term in terms:
+        values = logged_values(rows, term)
+        assert len(values) == 3, term
+        assert all(math.isfinite(v) for v in values), term
+    if reco == "off":
+        assert not logged_values(rows, "train/loss_global_step") if "train/loss_global_step" in rows[0] else True
+
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    assert ("relation_bank.features" in state) is (reco == "on")
+    assert any(name.startswith("checkpoints/best-") or "best-" in name for name in
+               [p.name for p in (tmp_path / "checkpoints").iterdir()])
+
+
+def test_reco_off_reproduces_the_plain_methods_loss(compose_config, tiny, tmp_path):
+    """Same seed: `+reco=off` and no `+reco` give the same losses, step for step."""
+    losses = []
+    for i, extra in enumerate([[], ["+reco=off"]]):
+        cfg = compose_config("+method=simclr", *tiny, "trainer.log_every_n_steps=1", *extra)
+        train(cfg, tmp_path / str(i))
+        losses.append(logged_values(read_metrics(tmp_path / str(i)), "train/loss_method_step"))
+    assert losses[0] == losses[1]
+
+
+def test_queue_smaller_than_global_batch_is_refused(compose_config, tiny, tmp_path):
+    cfg = compose_config("+method=moco", *tiny, "method.queue_size=16")
+    with pytest.raises(ConfigError, match="method.queue_size=16"):
+        train(cfg, tmp_path)
+
+
+def test_reco_bank_smaller_than_global_batch_is_refused(compose_config, tiny, tmp_path):
+    cfg = compose_config("+method=byol", "+reco=on", *tiny, "reco.bank_size=8")
+    with pytest.raises(ConfigError, match="reco.bank_size=8"):
+        train(cfg, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override, setting",
+    [
+        ("method.temperature=0", "method.temperature"),
+        ("+trainer.max_epoch=2", "trainer.max_epoch"),
+        ("+method.queue_sise=4", "method.queue_sise"),
+        ("dataset.batch_size=5000", "dataset.batch_size"),
+        ("optimizer.name=adamw", "optimizer.name"),
+        ("backbone.name=vgg11", "backbone.name"),
+    ],
+)
+def test_bad_settings_stop_before_training(compose_config, tiny, tmp_path, override, setting):
+    cfg = compose_config("+method=moco", *tiny, override)
+    with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
