@@ -1,0 +1,109 @@
+"""Training-step cost of each method with ReCo off and on, measured side by side.
+
+    python benchmarks/step_cost.py                       # CPU defaults (a narrow ResNet-18)
+    python benchmarks/step_cost.py --device cuda --width 64 --batch-size 256
+
+Model work only: the batches are made once, up front, so data loading does not enter the
+ratio (issue 6 measures the step with data). The off and on models of a method are timed
+in alternating rounds in one process, so drift of the machine hits both alike; the median
+step time of each is reported with the ratio on/off and the compute floor of RECO.md
+(a backward pass counted as two forward passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+
+from reco_lightning import BYOL, MoCo, SimCLR
+
+#: name -> (class, extra constructor arguments, compute floor of the ReCo/base ratio)
+METHODS = {
+    "moco": (MoCo, {"symmetric": False}, 2.0),
+    "moco-symmetric": (MoCo, {"symmetric": True}, 1.5),
+    "simclr": (SimCLR, {}, 5 / 3),
+    "byol": (BYOL, {}, 1.5),
+}
+
+
+def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
+    cls, extra, _ = METHODS[name]
+    queue = max(4096, args.batch_size)
+    if cls is MoCo:
+        extra = {**extra, "queue_size": queue}
+    model = cls(
+        num_classes=10,
+        backbone=args.backbone,
+        backbone_width=args.width,
+        small_stem=args.image_size <= 64,
+        reco={"bank_size": queue, "negatives_size": queue} if reco else None,
+        **extra,
+    )
+    return model.to(args.device)
+
+
+def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str) -> list[float]:
+    """Seconds per full step: forward, backward, optimizer step, the method's after-step hook."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        optimizer.step()
+        model.on_train_batch_end(None, batch, 0)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--width", type=int, default=16, help="backbone width (64 = torchvision)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")  # self.log() without a Trainer
+    torch.manual_seed(0)
+
+    size = (args.batch_size, 3, args.image_size, args.image_size)
+    batch = {
+        "strong": [torch.randn(size, device=args.device), torch.randn(size, device=args.device)],
+        "weak": torch.randn(size, device=args.device),
+        "label": torch.randint(0, 10, (args.batch_size,), device=args.device),
+    }
+    print(f"# step cost: {args.backbone} width {args.width}, batch {args.batch_size}, "
+          f"{args.image_size} px, {args.device}, {torch.get_num_threads()} threads")
+    print("| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in args.methods:
+        models = {reco: build(name, reco, args) for reco in (False, True)}
+        for model in models.values():  # warm-up: allocator, first-call overheads
+            time_steps(model, batch, 2, args.device)
+        samples: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.rounds):
+            for reco, model in models.items():
+                samples[reco] += time_steps(model, batch, args.steps, args.device)
+        off, on = (statistics.median(samples[r]) for r in (False, True))
+        floor = METHODS[name][2]
+        ratio = on / off
+        print(f"| {name} | {1000 * off:.0f} | {1000 * on:.0f} | {ratio:.2f} | {floor:.2f} | "
+              f"{100 * (ratio / floor - 1):+.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
