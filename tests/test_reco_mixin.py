@@ -355,3 +355,14 @@ def test_borrowed_negatives_are_the_ones_scored(monkeypatch):
     model = _tiny(CONFIG, negatives=own)
     model.reco_loss(*_batch())
     assert scored[0] is own.features
+
+
+def test_wrong_base_order_is_refused_with_the_fix():
+    """LightningModule before ReCoMixin would skip the mixin's on_train_batch_end."""
+    class Backwards(L.LightningModule, ReCoMixin):
+        def __init__(self):
+            super().__init__()
+            self.setup_reco({}, 4)
+
+    with pytest.raises(TypeError, match=r"class Backwards\(ReCoMixin, LightningModule\)"):
+        Backwards()

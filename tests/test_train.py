@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reco_lightning.errors import ConfigError
+from reco_lightning.errors import ConfigError, ImageLoadError
 from reco_lightning.methods import METHODS
 from reco_lightning.train import train
 
@@ -90,3 +90,31 @@ def test_bad_settings_stop_before_training(compose_config, tiny, tmp_path, overr
     with pytest.raises(ConfigError, match=setting.replace(".", r"\.")):
         train(cfg, tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_imagefolder_without_root_names_the_setting(compose_config, tiny, tmp_path):
+    cfg = compose_config("+method=moco", "dataset=imagefolder", *tiny)
+    with pytest.raises(ConfigError, match=r"dataset\.root must be set"):
+        train(cfg, tmp_path)
+
+
+def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for split, count in (("train", 40), ("val", 6)):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                shade = 40 if label == "a" else 200
+                Image.new("RGB", (16, 16), (shade, i * 5, 255 - shade)).save(folder / f"{i}.png")
+    broken = root / "train" / "b" / "7.png"
+    broken.write_bytes(b"this is not a png")
+    cfg = compose_config(
+        "+method=simclr", "dataset=imagefolder", f"dataset.root={root}", *tiny,
+        "dataset.num_workers=1", "dataset.persistent_workers=false", "dataset.pin_memory=false",
+        "trainer.limit_train_batches=1.0",
+    )
+    with pytest.raises(ImageLoadError, match="7.png"):
+        train(cfg, tmp_path / "run")

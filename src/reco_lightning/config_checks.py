@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from .errors import ConfigError
 from .methods import METHODS
@@ -53,8 +54,16 @@ def reject_unknown_keys(section: str, keys: Iterable[str], allowed: Iterable[str
             raise ConfigError(f"{section}.{key} is not a known setting: {hint}")
 
 
-def as_dict(node: Any) -> dict[str, Any]:
-    """A resolved plain dict of a config node (``{}`` for None)."""
+def as_dict(node: Any, section: str = "") -> dict[str, Any]:
+    """A resolved plain dict of a config node (``{}`` for None).
+
+    A mandatory value left at ``???`` (such as ``dataset.root`` of ``dataset=imagefolder``)
+    becomes a ConfigError that says which setting to add.
+    """
     if node is None:
         return {}
-    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    except MissingMandatoryValue as error:
+        key = f"{section}.{error.key}" if section else str(error.full_key)
+        raise ConfigError(f"{key} must be set: add {key}=... to the command line") from None

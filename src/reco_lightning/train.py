@@ -34,7 +34,7 @@ DATASET_HINT_KEYS = {"queue_size"}
 
 def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:
     """ReCo's settings, or None when ``+reco`` is absent or ``off`` (the same run either way)."""
-    settings = as_dict(cfg.get("reco"))
+    settings = as_dict(cfg.get("reco"), "reco")
     if not settings or not settings.get("enabled", False):
         return None
     settings.pop("enabled")
@@ -43,13 +43,13 @@ def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def build_datamodule(cfg: DictConfig, weak_view: bool) -> SSLDataModule:
-    settings = {k: v for k, v in as_dict(cfg.dataset).items() if k not in DATASET_HINT_KEYS}
+    settings = {k: v for k, v in as_dict(cfg.dataset, "dataset").items() if k not in DATASET_HINT_KEYS}
     reject_unknown_keys("dataset", settings, accepted_arguments(SSLDataModule) - {"weak_view", "seed"})
     return SSLDataModule(**settings, weak_view=weak_view, seed=cfg.seed)
 
 
 def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | None = None) -> L.Trainer:
-    settings = as_dict(cfg.trainer)
+    settings = as_dict(cfg.trainer, "trainer")
     reject_unknown_keys("trainer", settings, accepted_arguments(L.Trainer))
     loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="", version="")]
     try:
@@ -73,15 +73,15 @@ def build_method(
 ) -> SSLMethod:
     name = require_method(cfg)
     method_cls = METHODS[name]
-    method_settings = as_dict(cfg.method)
+    method_settings = as_dict(cfg.method, "method")
     method_settings.pop("name")
     reject_unknown_keys("method", method_settings, accepted_arguments(method_cls))
 
-    optimizer = as_dict(cfg.optimizer)
+    optimizer = as_dict(cfg.optimizer, "optimizer")
     reject_unknown_keys(
         "optimizer", optimizer, {"name", "lr", "weight_decay", "momentum", "warmup_epochs", "classifier_lr"}
     )
-    backbone = as_dict(cfg.backbone)
+    backbone = as_dict(cfg.backbone, "backbone")
     reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem"})
     small_stem = backbone["small_stem"]
     if small_stem == "auto":
