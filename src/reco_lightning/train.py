@@ -24,10 +24,6 @@ from .errors import ConfigError
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
 
-# The CSV log shares the run directory with Hydra's files and config.yaml; Lightning warns
-# about any non-empty directory, although it only ever replaces its own metrics.csv.
-warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-
 #: dataset keys that describe the data but are not DataModule arguments
 DATASET_HINT_KEYS = {"queue_size"}
 
@@ -50,6 +46,9 @@ def build_datamodule(cfg: DictConfig, weak_view: bool) -> SSLDataModule:
 
 def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | None = None) -> L.Trainer:
     settings = as_dict(cfg.trainer, "trainer")
+    # The CSV log shares the run directory with Hydra's files and config.yaml; Lightning
+    # warns about any non-empty directory, although it only ever replaces its metrics.csv.
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     reject_unknown_keys("trainer", settings, accepted_arguments(L.Trainer))
     loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="", version="")]
     try:
