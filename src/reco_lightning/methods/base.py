@@ -144,7 +144,11 @@ class SSLMethod(ReCoMixin, L.LightningModule):
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run (for momentum schedules)."""
+        """Optimizer steps of the whole run (for momentum schedules); 0 without a Trainer,
+        which leaves the momentum schedules at their base value (as in benchmarks that drive
+        ``training_step`` by hand)."""
+        if self._trainer is None:
+            return 0
         return max(int(self.trainer.estimated_stepping_batches), 1)
 
     # -- validation: online probe and kNN monitor -----------------------------------------
