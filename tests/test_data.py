@@ -152,13 +152,65 @@ def test_train_batch_with_weak_view() -> None:
     assert [v.shape for v in batch["strong"]] == [(4, 3, 24, 24)] * 2
 
 
-def test_train_loader_shuffles() -> None:
+def test_train_loader_shuffles_per_epoch_and_repeats_with_the_seed() -> None:
     dm = SSLDataModule(batch_size=64)
-    torch.manual_seed(0)
-    first = next(iter(dm.train_dataloader()))["label"]
-    torch.manual_seed(1)
-    second = next(iter(dm.train_dataloader()))["label"]
-    assert not torch.equal(first, second)
+    loader = dm.train_dataloader()
+    first = next(iter(loader))
+    loader.sampler.set_epoch(1)
+    other_epoch = next(iter(loader))
+    again = next(iter(SSLDataModule(batch_size=64).train_dataloader()))
+    other_seed = next(iter(SSLDataModule(batch_size=64, seed=1).train_dataloader()))
+    assert not torch.equal(first["label"], other_epoch["label"])
+    assert not torch.equal(first["label"], other_seed["label"])
+    # same seed and epoch: the same images with the same augmentations, whatever the global RNG did
+    assert torch.equal(first["label"], again["label"])
+    assert torch.equal(first["strong"][0], again["strong"][0])
+
+
+def test_views_do_not_touch_the_global_rng() -> None:
+    loader = SSLDataModule(batch_size=16, weak_view=True).train_dataloader()
+    state = torch.get_rng_state()
+    next(iter(loader))
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_resumed_loader_continues_with_the_next_batch() -> None:
+    dm = SSLDataModule(batch_size=64)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(3)
+    batches = [b["label"] for _, b in zip(range(4), loader)]
+    resumed = SSLDataModule(batch_size=64)
+    resumed.load_state_dict({"epoch": 3, "batches_done": 2})
+    continued = [b["label"] for _, b in zip(range(2), resumed.train_dataloader())]
+    assert torch.equal(continued[0], batches[2]) and torch.equal(continued[1], batches[3])
+
+
+def test_train_sampler_gives_each_rank_its_slice_of_the_global_batch(monkeypatch) -> None:
+    from reco_lightning.data import samplers
+
+    single = list(samplers.TrainSampler(100, batch_size=8, seed=5))
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(samplers, "world_size", lambda: 2)
+        monkeypatch.setattr(samplers, "rank", lambda rank=rank: rank)
+        shares.append(list(samplers.TrainSampler(100, batch_size=4, seed=5)))
+    assert len(shares[0]) == len(shares[1]) == 48  # 12 global batches of 8, 4 per rank
+    for batch in range(12):
+        global_batch = single[batch * 8 : (batch + 1) * 8]
+        assert shares[0][batch * 4 : (batch + 1) * 4] + shares[1][batch * 4 : (batch + 1) * 4] == global_batch
+
+
+def test_eval_sampler_covers_every_image_once_over_ranks(monkeypatch) -> None:
+    from reco_lightning.data import samplers
+
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(samplers, "world_size", lambda: 3)
+        monkeypatch.setattr(samplers, "rank", lambda rank=rank: rank)
+        sampler = samplers.EvalSampler(10)
+        seen += list(sampler)
+        assert len(sampler) == len(list(sampler))
+    assert sorted(seen) == list(range(10))
 
 
 def test_val_loaders_are_bank_then_queries_in_order() -> None:

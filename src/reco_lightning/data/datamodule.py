@@ -14,16 +14,16 @@ index 1 the *val* split (the kNN queries). Lightning passes that index to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from reco_lightning.data.datasets import DatasetSplits, build_datasets
 from reco_lightning.data import views as _views
+from reco_lightning.data.samplers import EvalSampler, TrainSampler
 from reco_lightning.errors import ConfigError
 
 
@@ -51,7 +51,19 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """``index`` alone draws from the global RNG; ``(index, seed)`` (what
+        :class:`~reco_lightning.data.samplers.TrainSampler` yields) draws the views from a
+        generator seeded with ``seed`` and leaves the global RNG untouched, so the views do
+        not depend on worker count, prefetching or where a resumed run restarted."""
+        if isinstance(index, tuple):
+            index, seed = index
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._views(index)
+        return self._views(index)
+
+    def _views(self, index: int) -> dict[str, Any]:
         image, label = self.base[index]
         item: dict[str, Any] = {
             "strong": [self.strong_transform(image) for _ in range(self.num_strong)],
@@ -89,8 +101,11 @@ class SSLDataModule(L.LightningDataModule):
     The splits are built eagerly in ``__init__`` because the model needs ``num_classes``,
     ``image_size`` and ``train_size`` (e.g. for its schedule or queue size) before
     ``trainer.fit`` runs ``setup``. ``batch_size`` is **per device**: under DDP with N
-    GPUs the effective batch is ``N * batch_size`` (Lightning inserts the
-    ``DistributedSampler`` itself, so the loaders here use plain ``shuffle``).
+    GPUs the global batch is ``N * batch_size``. The loaders shard the data across ranks
+    themselves (see :mod:`reco_lightning.data.samplers`; build the Trainer with
+    ``use_distributed_sampler=False``), and the module's ``state_dict`` records how far the
+    current epoch got, so a run resumed from a mid-epoch checkpoint continues with the
+    batch it would have seen next.
 
     Note: because of the eager build, ``download=True`` downloads from every process that
     constructs the module; download once on a single process before multi-GPU runs.
@@ -162,23 +177,42 @@ class SSLDataModule(L.LightningDataModule):
         )
         self.eval_transform = _views.eval_view(self.image_size, self.mean, self.std)
 
+        self._resume_point: tuple[int, int] | None = None
+
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,  # equal-sized batches keep contrastive losses / queues stable
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            # its own generator: creating an iterator must not consume the global RNG,
+            # or a resumed run would draw different ReCo mixing ratios than the original
+            generator=torch.Generator().manual_seed(int(self.hparams.seed)),
         )
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in the current epoch (saved in every checkpoint)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"epoch": int(trainer.current_epoch), "batches_done": int(batches_done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Remember where to restart; applied when the train loader is next built."""
+        if "epoch" in state_dict:
+            self._resume_point = (int(state_dict["epoch"]), int(state_dict["batches_done"]))
 
     def _check_per_device_size(self) -> None:
         """Under DDP each rank sees 1/N of the data; drop_last would leave it no batch."""
         trainer = self.trainer  # set by Lightning when fitting; None when used standalone
         world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
-        per_rank = math.ceil(self.train_size / world)
+        per_rank = self.train_size // world
         if self.batch_size > per_rank:
             raise ConfigError(
                 f"dataset.batch_size={self.batch_size} is larger than the {per_rank} training "
@@ -190,13 +224,22 @@ class SSLDataModule(L.LightningDataModule):
         """Shuffled, drop-last loader of multi-view dicts (see the module docstring)."""
         self._check_per_device_size()
         dataset = MultiViewDataset(self.splits.train, self.strong_transform, self.weak_transform)
-        return self._loader(dataset, self.batch_size, train=True)
+        sampler = TrainSampler(self.train_size, self.batch_size, seed=int(self.hparams.seed))
+        if self._resume_point is not None:
+            epoch, batches_done = self._resume_point
+            self._resume_point = None
+            if batches_done >= sampler.batches_per_epoch():  # saved at the end of an epoch
+                epoch, batches_done = epoch + 1, 0
+            sampler.resume_at(epoch, batches_done)
+        return self._loader(dataset, self.batch_size, sampler, train=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[train split (kNN memory bank), val split (kNN queries)]``, both eval view."""
         return [
-            self._loader(LabelledDataset(self.splits.train, self.eval_transform), self.eval_batch_size, train=False),
-            self._loader(LabelledDataset(self.splits.val, self.eval_transform), self.eval_batch_size, train=False),
+            self._loader(
+                LabelledDataset(split, self.eval_transform), self.eval_batch_size, EvalSampler(len(split)), train=False
+            )
+            for split in (self.splits.train, self.splits.val)
         ]
 
 
