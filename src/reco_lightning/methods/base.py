@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from ..eval.knn import knn_accuracy
 from ..models import build_backbone
 from ..reco import ReCoMixin
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
+from ..utils.rng import rng_states, set_rng_states
 
 
 @dataclass
@@ -113,9 +114,13 @@ class SSLMethod(ReCoMixin, L.LightningModule):
                 raise ConfigError(
                     "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
                 )
-            terms = self.reco_loss(view1, view2, batch["weak"], q1=output.q1, k2=output.k2)
-            loss = loss + terms.weighted
+            terms_reco = self.reco_loss(view1, view2, batch["weak"], q1=output.q1, k2=output.k2)
+            loss = loss + terms_reco.weighted
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
+        terms = {"train/loss_method": output.loss}
+        if self.reco_enabled:
+            terms.update({"train/loss_global": terms_reco.global_, "train/loss_local": terms_reco.local})
+        self._check_finite(loss, terms, batch_idx)
 
         logits = self.classifier(output.features.detach())
         probe_loss = F.cross_entropy(logits, batch["label"])
@@ -123,6 +128,26 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         self.log("train/linear_loss", probe_loss.detach(), on_step=False, on_epoch=True)
         self.log("train/linear_acc", probe_acc, on_step=False, on_epoch=True)
         return loss + probe_loss
+
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
+        """Stop at the first NaN or infinite loss, naming the step and the term.
+
+        Training on would only overwrite the last good checkpoint with a broken one. Under
+        DDP the ranks agree first, so they stop together instead of hanging.
+        """
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if bool(finite):
+            return
+        bad = [f"{name} = {float(value):g}" for name, value in terms.items() if not torch.isfinite(value)]
+        where = ", ".join(bad) or "a term on another rank"
+        raise NonFiniteLossError(
+            f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}): {where}. Training stopped; the last checkpoint written before this "
+            "step is kept. Lower optimizer.lr, raise optimizer.warmup_epochs or try trainer.precision=32-true, "
+            "then resume from that checkpoint with resume=PATH"
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         trained = nn.ModuleDict({name: m for name, m in self.named_children() if name != "classifier"})
@@ -175,10 +200,31 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         self.log("val/knn_acc", accuracy, prog_bar=True)
 
     def _gather(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Concatenate this rank's features and labels and gather them from all ranks."""
+        """Concatenate this rank's features and labels and gather them from all ranks.
+
+        The evaluation loaders give each rank a share of the set without padding, so
+        shares can differ by one image: they are padded to equal length for the gather
+        (label -1) and the padding is dropped after it, leaving every image exactly once.
+        """
         features = torch.cat([f for f, _ in parts])
         labels = torch.cat([y for _, y in parts])
         if self.trainer.world_size > 1:
+            counts = self.all_gather(torch.tensor(labels.shape[0], device=labels.device))
+            longest = int(counts.max())
+            pad = longest - labels.shape[0]
+            features = F.pad(features, (0, 0, 0, pad))
+            labels = F.pad(labels, (0, pad), value=-1)
             features = self.all_gather(features).flatten(0, 1)
             labels = self.all_gather(labels).flatten(0, 1)
+            keep = labels >= 0
+            features, labels = features[keep], labels[keep]
         return features, labels
+
+    # -- resume: random state -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the RNG states, so a resumed run draws the same ReCo mixing as the original."""
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])

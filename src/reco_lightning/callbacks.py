@@ -1,0 +1,96 @@
+"""Callbacks the training job adds to Lightning's: a checkpoint on SIGTERM and Ctrl-C.
+
+A pre-empted cluster job gets SIGTERM and, shortly after, SIGKILL; a user stops a run
+with Ctrl-C. Lightning on its own exits on SIGTERM without saving (outside SLURM's
+auto-requeue) and aborts Ctrl-C wherever the step happens to be. Here both signals only
+set a flag; the step in progress finishes, and before the next step starts every rank
+agrees to stop, ``last.ckpt`` is written (atomically) and the process exits with
+``128 + signal number``. ``resume=auto`` then continues from exactly that point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CheckpointOnSignal(Callback):
+    """Save ``dirpath/last.ckpt`` and stop cleanly after SIGTERM or SIGINT.
+
+    A second Ctrl-C while the first is being handled interrupts at once, as usual.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / "last.ckpt"
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # -- signal handling ------------------------------------------------------------------
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = signum
+        print(
+            f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed here, after Lightning registered its own SIGTERM handler, and replacing
+        # it: Lightning's would end the run at the step's end without a checkpoint.
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled in the main thread
+        for signum in HANDLED_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    # -- stopping -------------------------------------------------------------------------
+    def _stop_requested(self, trainer: L.Trainer) -> int:
+        """The signal number any rank received (0 for none); all ranks must call it."""
+        flag = torch.tensor(float(self.received or 0), device=trainer.strategy.root_device)
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce(flag, reduce_op="max")
+        return int(flag.item())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Between two steps the state is whole: the previous step's queues are filled."""
+        signum = self._stop_requested(trainer)
+        if not signum:
+            return
+        partial = self.path.with_name(self.path.name + ".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+            print(
+                f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
+                "continue with resume=auto (and the same hydra.run.dir)",
+                file=sys.stderr,
+                flush=True,
+            )
+        trainer.strategy.barrier("checkpoint-on-signal")
+        raise SystemExit(128 + signum)
+
+
+__all__ = ["CheckpointOnSignal"]

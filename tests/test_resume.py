@@ -1,0 +1,107 @@
+"""Long runs are safe: a signal leaves a checkpoint, resume continues exactly, and a
+non-finite loss stops the run without touching the last good checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from reco_lightning.errors import ConfigError, NonFiniteLossError
+from reco_lightning.methods import METHODS
+from reco_lightning.train import train
+
+#: two epochs of four steps: step 5 lies in the middle of the second epoch
+TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=4"]
+
+
+class SignalAfterStep(L.Callback):
+    """Sends this process ``signum`` once the run has done ``step`` optimizer steps."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def queues(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return {name: value for name, value in state.items() if name.endswith(("features", "pointer", "num_enqueued"))}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_config, tiny, tmp_path, signum):
+    overrides = ["+method=moco", "+reco=on", *tiny, *TWO_EPOCHS]
+    straight = train(compose_config(*overrides), tmp_path / "straight")
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(SystemExit) as stop:
+        train(compose_config(*overrides), interrupted, callbacks=[SignalAfterStep(5, signum)])
+    assert stop.value.code == 128 + signum
+    saved = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch, after the step in progress
+
+    resumed = train(compose_config(*overrides, "resume=auto"), interrupted)
+    assert resumed["steps"] == straight["steps"] == 8
+    assert resumed["knn_acc_random_init"] == straight["knn_acc_random_init"]
+    expected = queues(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    got = queues(interrupted / "checkpoints" / "last.ckpt")
+    assert expected.keys() == got.keys() and len(expected) == 6  # MoCo's queue and ReCo's bank
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_resume_from_an_explicit_path_and_bad_paths(compose_config, tiny, tmp_path):
+    first = train(compose_config("+method=simclr", *tiny), tmp_path / "a")
+    assert first["steps"] == 3
+    more = train(compose_config("+method=simclr", *tiny, "trainer.max_epochs=2", f"resume={tmp_path / 'a'}"), tmp_path / "b")
+    assert more["steps"] == 6  # continued from step 3, not from scratch
+    with pytest.raises(ConfigError, match="resume=.*no checkpoint"):
+        train(compose_config("+method=simclr", *tiny, f"resume={tmp_path / 'nowhere.ckpt'}"), tmp_path / "c")
+
+
+def test_resume_auto_without_a_checkpoint_starts_afresh(compose_config, tiny, tmp_path):
+    assert train(compose_config("+method=simclr", *tiny, "resume=auto"), tmp_path)["steps"] == 3
+
+
+class PoisonWeightsAtStep(L.Callback):
+    """Sets one backbone weight to NaN before step ``step``; remembers last.ckpt's hash then."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.hash_before: str | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            self.hash_before = hashlib.sha256(last.read_bytes()).hexdigest()
+            with torch.no_grad():
+                next(pl_module.backbone.parameters()).fill_(float("nan"))
+
+
+def test_non_finite_loss_names_step_and_term_and_keeps_the_checkpoint(compose_config, tiny, tmp_path):
+    poison = PoisonWeightsAtStep(5)
+    with pytest.raises(NonFiniteLossError, match=r"global step 5 .*train/loss_method = nan"):
+        train(compose_config("+method=moco", "+reco=on", *tiny, *TWO_EPOCHS), tmp_path, callbacks=[poison])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert poison.hash_before == hashlib.sha256(last.read_bytes()).hexdigest()
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_bf16_mixed_on_cpu_with_reco(compose_config, tiny, tmp_path, method):
+    cfg = compose_config(f"+method={method}", "+reco=on", *tiny, "trainer.precision=bf16-mixed")
+    summary = train(cfg, tmp_path)
+    assert summary["steps"] == 3
+    assert math.isfinite(summary["knn_acc"])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert state["relation_bank.num_enqueued"] == 3 * 32
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
