@@ -77,3 +77,18 @@ def test_invalid_reco_value_names_the_setting(compose_config):
     cfg = compose_config("+method=moco", "+reco=on", "reco.tau_teacher=0")
     with pytest.raises(ConfigError, match="reco.tau_teacher"):
         reco_settings(cfg)
+
+
+def test_slurm_launcher_config_composes_with_the_plugin(compose_config):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the optional [slurm] extra is not installed")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["hydra/launcher=slurm", "+method=moco", "strategy=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)

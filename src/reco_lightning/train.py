@@ -16,11 +16,13 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .callbacks import CheckpointOnSignal
 from .config_checks import accepted_arguments, as_dict, reject_unknown_keys, require_method
 from .data import SSLDataModule
 from .errors import ConfigError
+from .launch import global_rank_from_environment, local_ranks
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
 
@@ -63,8 +65,42 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
         mode="max",
         save_last=True,
     )
-    callbacks = [checkpoints, LearningRateMonitor(logging_interval="epoch"), *(extra_callbacks or [])]
-    return L.Trainer(**settings, logger=loggers, callbacks=callbacks, default_root_dir=str(output_dir))
+    callbacks = [
+        checkpoints,
+        CheckpointOnSignal(output_dir / "checkpoints"),
+        LearningRateMonitor(logging_interval="epoch"),
+        *(extra_callbacks or []),
+    ]
+    return L.Trainer(
+        **settings,
+        logger=loggers,
+        callbacks=callbacks,
+        default_root_dir=str(output_dir),
+        # the DataModule shards across ranks itself: exact validation sets, resumable epochs
+        use_distributed_sampler=False,
+    )
+
+
+def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint that ``resume`` names: ``auto``, a ``.ckpt`` file or a run directory.
+
+    ``auto`` takes ``checkpoints/last.ckpt`` of this run's directory when it exists (rerun
+    the command with the same ``hydra.run.dir``) and starts afresh when it does not.
+    """
+    if resume is None or resume is False or str(resume).lower() in {"", "none", "null", "false"}:
+        return None
+    if str(resume) == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    path = Path(str(resume)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"resume={resume}: no checkpoint at {path}; pass a .ckpt file, a run directory that "
+            "holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir"
+        )
+    return path
 
 
 def build_method(
@@ -116,23 +152,71 @@ def build_method(
     )
 
 
-def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Run one training job described by ``cfg``; returns (and writes) its summary."""
+def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None) -> dict[str, Any]:
+    """Run one training job described by ``cfg``; returns (and writes) its summary.
+
+    ``callbacks`` are added to the Trainer's (tests use them to interrupt a run). Under
+    ``strategy=ddp`` or ``ddp_cpu`` this process is rank 0 and starts the other local
+    ranks itself (see :mod:`reco_lightning.launch`).
+    """
     method_name = require_method(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = global_rank_from_environment() == 0
+    if rank_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = resolve_resume(cfg.get("resume"), output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
     datamodule = build_datamodule(cfg, weak_view=reco is not None)
-    trainer = build_trainer(cfg, output_dir)
+    trainer = build_trainer(cfg, output_dir, callbacks)
     model = build_method(cfg, datamodule, trainer, reco)
-    if trainer.is_global_zero:
+    if rank_zero:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    initial = trainer.validate(model, datamodule=datamodule, verbose=False)
-    knn_at_init = initial[0].get("val/knn_acc") if initial else None
-    started = time.time()
-    trainer.fit(model, datamodule=datamodule)
-    elapsed = time.time() - started
+    with local_ranks(trainer, _for_workers(cfg, resume_from), output_dir):
+        knn_at_init = _random_init_knn(trainer, model, datamodule, output_dir, resume_from, rank_zero)
+        started = time.time()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        elapsed = time.time() - started
+        return _summarise(cfg, trainer, method_name, reco, elapsed, knn_at_init, output_dir, rank_zero)
+
+
+def _for_workers(cfg: DictConfig, resume_from: Path | None) -> DictConfig:
+    """The job's config as the other ranks must see it: ``resume`` already decided."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.resume = str(resume_from) if resume_from else None
+    return cfg
+
+
+def _random_init_knn(
+    trainer: L.Trainer,
+    model: SSLMethod,
+    datamodule: SSLDataModule,
+    output_dir: Path,
+    resume_from: Path | None,
+    rank_zero: bool,
+) -> float | None:
+    """kNN accuracy of the untrained backbone; measured once per run, reread on resume."""
+    record = (resume_from.parent.parent if resume_from else output_dir) / "random_init.json"
+    if resume_from is not None:
+        return json.loads(record.read_text()).get("knn_acc") if record.is_file() else None
+    results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    knn = results[0].get("val/knn_acc") if results else None
+    if rank_zero:
+        (output_dir / "random_init.json").write_text(json.dumps({"knn_acc": knn}))
+    return knn
+
+
+def _summarise(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    method_name: str,
+    reco: dict[str, Any] | None,
+    elapsed: float,
+    knn_at_init: float | None,
+    output_dir: Path,
+    rank_zero: bool,
+) -> dict[str, Any]:
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
@@ -150,7 +234,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
         "output_dir": str(output_dir),
     }
-    if trainer.is_global_zero:
+    if rank_zero:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary))
     return summary

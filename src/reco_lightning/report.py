@@ -1,0 +1,137 @@
+"""``python -m reco_lightning.report SWEEP_DIR``: one table of a sweep's jobs, and a plot.
+
+Every job of a sweep (``python -m reco_lightning -m ...``) leaves ``summary.json`` in its
+directory and Hydra leaves ``.hydra/overrides.yaml`` beside it. This collects them into
+
+* ``report.csv`` and ``report.md`` in the sweep directory: one row per job, with its
+  overrides, final kNN and linear-probe accuracy, kNN at random initialisation, epochs
+  and training time (the Markdown table is also printed);
+* ``report.png``: kNN accuracy by method, ReCo off and on side by side (the mean over the
+  jobs that share method and ReCo setting, each job as a dot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+COLUMNS = (
+    "job", "overrides", "method", "reco", "dataset", "epochs", "steps",
+    "knn_acc", "linear_acc", "knn_acc_random_init", "train_time_s",
+)
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per ``summary.json`` under ``sweep_dir``, in job-directory order."""
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"SWEEP_DIR={sweep_dir} is not a directory: pass the directory a sweep wrote")
+    rows = []
+    for summary_path in sorted(sweep_dir.rglob("summary.json"), key=lambda p: _natural(p.parent, sweep_dir)):
+        summary = json.loads(summary_path.read_text())
+        overrides_path = summary_path.parent / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
+        row = {key: summary.get(key) for key in COLUMNS}
+        row["job"] = str(summary_path.parent.relative_to(sweep_dir)) or "."
+        row["overrides"] = " ".join(overrides or [])
+        rows.append(row)
+    if not rows:
+        raise ConfigError(
+            f"no summary.json under {sweep_dir}: pass the directory of a sweep whose jobs finished "
+            "(hydra.sweep.dir, multirun/DATE/TIME by default)"
+        )
+    return rows
+
+
+def _natural(job_dir: Path, root: Path) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in job_dir.relative_to(root).parts)
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if percent:
+        return f"{100 * float(value):.2f}"
+    return str(value)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    header = "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | epochs | time (s) |"
+    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(
+            f"| {row['job']} | `{row['overrides']}` | {_fmt(row['knn_acc'], True)} | "
+            f"{_fmt(row['linear_acc'], True)} | {_fmt(row['knn_acc_random_init'], True)} | "
+            f"{_fmt(row['epochs'])} | {_fmt(row['train_time_s'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: kNN accuracy per method, ReCo off and on; dots are single jobs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, bool], list[float]] = defaultdict(list)
+    for row in rows:
+        if row["knn_acc"] is not None:
+            groups[(str(row["method"]), bool(row["reco"]))].append(100 * float(row["knn_acc"]))
+    methods = sorted({method for method, _ in groups})
+    figure, axes = plt.subplots(figsize=(1.8 + 1.6 * len(methods), 3.6), dpi=120)
+    width = 0.38
+    for offset, reco, colour in ((-width / 2, False, "#9aa5b1"), (width / 2, True, "#2f6db5")):
+        for i, method in enumerate(methods):
+            values = groups.get((method, reco), [])
+            if not values:
+                continue
+            x = i + offset
+            axes.bar(x, sum(values) / len(values), width, color=colour,
+                     label=("ReCo on" if reco else "ReCo off") if i == 0 else None)
+            axes.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+    axes.set_xticks(range(len(methods)), methods)
+    axes.set_ylabel("kNN accuracy (%)")
+    axes.set_title("kNN accuracy by method")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = collect(sweep_dir)
+    with open(sweep_dir / "report.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (sweep_dir / "report.md").write_text(markdown(rows))
+    plot(rows, sweep_dir / "report.png")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reco_lightning.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="directory of a sweep (hydra.sweep.dir)")
+    args = parser.parse_args(argv)
+    try:
+        rows = write_report(args.sweep_dir)
+    except ConfigError as error:
+        print(f"reco_lightning.report: error: {error}", file=sys.stderr)
+        return 2
+    print(markdown(rows))
+    print(f"wrote report.csv, report.md and report.png in {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""DDP on two CPU processes (gloo): queues agree across ranks, SimCLR's gathered
+negatives give the single-process loss and gradients, and the CLI's own rank launcher
+runs sweeps without stray directories."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reco_lightning.methods import METHODS
+
+from .conftest import TINY
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_two_ranks(*args: str, timeout: float = 300) -> None:
+    """Start ranks 0 and 1 of a gloo job running ``distributed_worker.py args``."""
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
+                   LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=timeout)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-4000:]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_queues_are_identical_on_both_ranks(tmp_path, method):
+    overrides = [f"+method={method}", "+reco=on", "strategy=ddp_cpu", *TINY, "dataset.batch_size=16"]
+    run_two_ranks("queues", str(tmp_path), *overrides)
+    rank0 = torch.load(tmp_path / "queues_rank0.pt")
+    rank1 = torch.load(tmp_path / "queues_rank1.pt")
+    assert rank0.keys() == rank1.keys() and any(name.startswith("relation_bank") for name in rank0)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    # every step enqueued the keys of both ranks: 3 steps x 2 ranks x 16 images
+    assert int(rank0["relation_bank.num_enqueued"]) == 3 * 2 * 16
+
+
+def test_simclr_two_ranks_match_one_process_on_the_global_batch(tmp_path):
+    from .distributed_worker import simclr_batch, simclr_model
+
+    run_two_ranks("simclr-grad", str(tmp_path))
+    distributed = torch.load(tmp_path / "simclr_grad.pt")
+
+    model = simclr_model()
+    view1, view2 = simclr_batch()
+    loss = model.method_step(view1, view2).loss
+    loss.backward()
+    torch.testing.assert_close(distributed["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert distributed["grads"].keys() == grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        torch.testing.assert_close(distributed["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
+    """A two-job sweep with strategy=ddp_cpu: no stray directories, no hang, a report."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "reco_lightning", "-m", "+method=moco,simclr", "+reco=on",
+               "strategy=ddp_cpu", *[o.replace("method.", "++method.", 1) for o in TINY], "dataset.batch_size=16",
+               f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # nothing outside the sweep
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job in jobs:
+        assert (sweep / job / "summary.json").is_file()
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert not (sweep / job / ".hydra" / "train_ddp_process_1").exists()
+
+    report = subprocess.run([sys.executable, "-m", "reco_lightning.report", str(sweep)],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "+method=moco" in report.stdout and "+method=simclr" in report.stdout
+    with open(sweep / "report.csv") as handle:
+        assert len(handle.read().strip().splitlines()) == 3  # header + two jobs
+    png = sweep / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_report_on_a_directory_without_jobs_is_a_message(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "reco_lightning.report", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "no summary.json" in done.stderr
