@@ -24,6 +24,9 @@ import yaml
 
 from .errors import ConfigError
 
+#: the PNG files a training run draws (linked from the Markdown report)
+PICTURES = ("training_curves.png", "feature_map.png")
+
 COLUMNS = (
     "job", "overrides", "method", "reco", "dataset", "epochs", "steps",
     "knn_acc", "linear_acc", "knn_acc_random_init", "train_time_s",
@@ -42,6 +45,9 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         row = {key: summary.get(key) for key in COLUMNS}
         row["job"] = str(summary_path.parent.relative_to(sweep_dir)) or "."
         row["overrides"] = " ".join(overrides or [])
+        row["pictures"] = [
+            f"{row['job']}/{name}" for name in PICTURES if (summary_path.parent / name).is_file()
+        ]
         rows.append(row)
     if not rows:
         raise ConfigError(
@@ -63,14 +69,25 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return str(value)
 
 
+def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
+    """Overrides every job shares (listed once above the table, not in each row)."""
+    sets = [row["overrides"].split() for row in rows]
+    return [o for o in sets[0] if all(o in other for other in sets[1:])] if len(rows) > 1 else []
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    header = "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | epochs | time (s) |"
-    lines = [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    shared = common_overrides(rows)
+    header = "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | epochs | time (s) | pictures |"
+    lines = [f"Common to all jobs: `{' '.join(shared)}`", ""] if shared else []
+    lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
+        own = " ".join(o for o in row["overrides"].split() if o not in shared)
         lines.append(
-            f"| {row['job']} | `{row['overrides']}` | {_fmt(row['knn_acc'], True)} | "
+            f"| {row['job']} | `{own}` | {_fmt(row['knn_acc'], True)} | "
             f"{_fmt(row['linear_acc'], True)} | {_fmt(row['knn_acc_random_init'], True)} | "
-            f"{_fmt(row['epochs'])} | {_fmt(row['train_time_s'])} |"
+            f"{_fmt(row['epochs'])} | {_fmt(row['train_time_s'])} | "
+            + " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"])
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -98,6 +115,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             axes.bar(x, sum(values) / len(values), width, color=colour,
                      label=("ReCo on" if reco else "ReCo off") if i == 0 else None)
             axes.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+    baseline = [100 * float(r["knn_acc_random_init"]) for r in rows if r["knn_acc_random_init"] is not None]
+    if baseline:
+        axes.axhline(sum(baseline) / len(baseline), color="#c0392b", linestyle="--", linewidth=1,
+                     label="random init")
     axes.set_xticks(range(len(methods)), methods)
     axes.set_ylabel("kNN accuracy (%)")
     axes.set_title("kNN accuracy by method")
@@ -111,7 +132,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect(sweep_dir)
     with open(sweep_dir / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (sweep_dir / "report.md").write_text(markdown(rows))
