@@ -1,0 +1,26 @@
+"""``python -m reco_lightning.eval checkpoint=PATH``: kNN and linear evaluation, relation
+diagnostics and a feature map of a trained backbone (see :mod:`reco_lightning.eval.run`)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ..errors import RecoLightningError
+
+
+@hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from .run import evaluate
+
+    try:
+        evaluate(cfg)
+    except RecoLightningError as error:
+        print(f"reco_lightning.eval: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

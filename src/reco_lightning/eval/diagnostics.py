@@ -1,0 +1,121 @@
+"""Relation diagnostics: how a feature space arranges a labelled set.
+
+ReCo's claim is about structure: plain instance discrimination pushes *every* other image
+away, same-class ones included; the relation terms keep graded similarity. These measures
+make that visible on any labelled evaluation set (features are L2-normalised first):
+
+* **neighbour purity @k**: the share of each sample's k nearest neighbours (cosine, itself
+  excluded) that carry its label, averaged. 1 = classes form clean neighbourhoods.
+* **same-class / different-class cosine** and their **gap**: the mean cosine similarity of
+  pairs of distinct samples with the same label and with different labels. Instance
+  discrimination drives both towards 0; a larger gap means classes stay together.
+* **alignment** (Wang and Isola, 2020): mean squared distance between the embeddings of
+  two augmented views of the same image (lower = more invariant).
+* **uniformity** (Wang and Isola, 2020): ``log E exp(-2 |x - y|^2)`` over pairs of distinct
+  samples (lower = spread more evenly over the sphere; -4 is the floor for well-spread
+  high-dimensional features).
+
+All work in chunks, so a 10k x 10k similarity matrix never exists at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+PURITY_KS = (10, 50)
+
+
+@torch.no_grad()
+def neighbour_purity(features: Tensor, labels: Tensor, k: int, chunk_size: int = 1024) -> float:
+    """Mean share of each sample's ``k`` nearest neighbours (itself excluded) with its label."""
+    features = F.normalize(features.float(), dim=1)
+    n = features.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        raise ValueError("neighbour purity needs at least two samples")
+    total = 0.0
+    for start in range(0, n, chunk_size):
+        similarity = features[start : start + chunk_size] @ features.T
+        rows = torch.arange(similarity.shape[0], device=features.device)
+        similarity[rows, rows + start] = float("-inf")  # not one's own neighbour
+        neighbours = similarity.topk(k, dim=1).indices
+        total += (labels[neighbours] == labels[start : start + chunk_size, None]).float().sum().item()
+    return total / (n * k)
+
+
+@torch.no_grad()
+def class_cosines(features: Tensor, labels: Tensor, chunk_size: int = 1024) -> tuple[float, float]:
+    """Mean cosine of same-class pairs and of different-class pairs (distinct samples)."""
+    features = F.normalize(features.float(), dim=1)
+    n = features.shape[0]
+    same_sum = diff_sum = 0.0
+    same_count = diff_count = 0
+    for start in range(0, n, chunk_size):
+        similarity = features[start : start + chunk_size] @ features.T
+        same = labels[start : start + chunk_size, None] == labels[None, :]
+        rows = torch.arange(similarity.shape[0], device=features.device)
+        same[rows, rows + start] = False
+        not_self = torch.ones_like(same)
+        not_self[rows, rows + start] = False
+        diff = ~same & not_self
+        same_sum += similarity[same].sum().item()
+        diff_sum += similarity[diff].sum().item()
+        same_count += int(same.sum())
+        diff_count += int(diff.sum())
+    same_mean = same_sum / same_count if same_count else float("nan")
+    diff_mean = diff_sum / diff_count if diff_count else float("nan")
+    return same_mean, diff_mean
+
+
+@torch.no_grad()
+def alignment(view1: Tensor, view2: Tensor, alpha: float = 2.0) -> float:
+    """``E |f(x1) - f(x2)|^alpha`` over positive pairs (rows of ``view1`` and ``view2``)."""
+    view1, view2 = F.normalize(view1.float(), dim=1), F.normalize(view2.float(), dim=1)
+    return (view1 - view2).norm(dim=1).pow(alpha).mean().item()
+
+
+@torch.no_grad()
+def uniformity(features: Tensor, t: float = 2.0, chunk_size: int = 1024) -> float:
+    """``log E exp(-t |x - y|^2)`` over pairs of distinct samples."""
+    features = F.normalize(features.float(), dim=1)
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError("uniformity needs at least two samples")
+    # |x - y|^2 = 2 - 2 cos for unit vectors; log-sum-exp keeps the mean stable
+    log_terms = []
+    for start in range(0, n, chunk_size):
+        similarity = features[start : start + chunk_size] @ features.T
+        exponent = -t * (2.0 - 2.0 * similarity)
+        rows = torch.arange(similarity.shape[0], device=features.device)
+        exponent[rows, rows + start] = float("-inf")
+        log_terms.append(torch.logsumexp(exponent.flatten(), dim=0))
+    return (torch.logsumexp(torch.stack(log_terms), dim=0) - math.log(n * (n - 1))).item()
+
+
+def relation_diagnostics(
+    features: Tensor,
+    labels: Tensor,
+    view1: Tensor | None = None,
+    view2: Tensor | None = None,
+) -> dict[str, float]:
+    """All diagnostics of one labelled set; alignment only when two views are given."""
+    same, diff = class_cosines(features, labels)
+    result = {f"purity@{k}": neighbour_purity(features, labels, k) for k in PURITY_KS}
+    result.update(
+        {
+            "cos_same_class": same,
+            "cos_diff_class": diff,
+            "cos_gap": same - diff,
+            "uniformity": uniformity(features),
+        }
+    )
+    if view1 is not None and view2 is not None:
+        result["alignment"] = alignment(view1, view2)
+    return result
+
+
+__all__ = ["alignment", "class_cosines", "neighbour_purity", "relation_diagnostics", "uniformity"]

@@ -1,0 +1,182 @@
+"""Offline evaluation of a checkpoint: what ``python -m reco_lightning.eval`` runs.
+
+1. Load the backbone from the checkpoint (the heads are not needed).
+2. Run it once over the training split (the kNN bank and the linear classifier's training
+   set) and the validation split, with the deterministic evaluation view.
+3. Weighted kNN (top-1/top-5), linear evaluation on the stored features, the relation
+   diagnostics of :mod:`reco_lightning.eval.diagnostics`, and a 2-D feature map.
+4. Print a table and write ``eval.json`` and ``eval_feature_map.png`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..config_checks import as_dict
+from ..errors import ConfigError
+from ..models import build_backbone
+from .diagnostics import relation_diagnostics
+from .features import extract_features
+from .knn import weighted_knn_scores
+from .linear import LinearProtocol, linear_evaluation, topk_accuracy
+from .plots import feature_map
+
+
+def resolve_checkpoint(value: Any) -> Path:
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(
+            f"checkpoint={value}: no checkpoint at {path}; pass a .ckpt file or a run directory "
+            "that holds checkpoints/last.ckpt"
+        )
+    return path
+
+
+def run_directory(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to: ``RUN/checkpoints/x.ckpt`` -> ``RUN``."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained backbone of a reco_lightning checkpoint, and the run's hyperparameters."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    hparams = state.get("hyper_parameters", {})
+    if "backbone" not in hparams or "state_dict" not in state:
+        raise ConfigError(f"checkpoint={checkpoint} is not a reco_lightning training checkpoint")
+    backbone, _ = build_backbone(hparams["backbone"], hparams["backbone_width"], hparams["small_stem"])
+    weights = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
+    backbone.load_state_dict(weights)
+    return backbone.eval(), hparams
+
+
+def _dataset_settings(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], int]:
+    """The dataset settings and the seed of its train/val split (the run's, when known)."""
+    run_config_path = run_dir / "config.yaml"
+    run_config = OmegaConf.load(run_config_path) if run_config_path.is_file() else None
+    seed = int(run_config.seed) if run_config is not None and "seed" in run_config else int(cfg.seed)
+    if cfg.get("dataset") is not None:
+        return as_dict(cfg.dataset, "dataset"), seed
+    if run_config is None:
+        raise ConfigError(
+            f"no config.yaml in {run_dir} to take the dataset from: choose one, e.g. "
+            "dataset=imagefolder dataset.root=/path/to/images"
+        )
+    return as_dict(run_config.dataset, "dataset"), seed
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint``; returns (and writes) the contents of ``eval.json``."""
+    from ..data import SSLDataModule
+
+    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    run_dir = run_directory(checkpoint)
+    output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    backbone, hparams = load_backbone(checkpoint)
+    settings, split_seed = _dataset_settings(cfg, run_dir)
+    settings.pop("queue_size", None)
+    datamodule = SSLDataModule(**settings, seed=split_seed)
+    device = _device(cfg.device)
+    bank_loader, val_loader = datamodule.val_dataloader()
+    train_x, train_y = extract_features(backbone, bank_loader, device, "features (train)", cfg.progress)
+    val_x, val_y = extract_features(backbone, val_loader, device, "features (val)", cfg.progress)
+    classes = datamodule.num_classes
+    root = settings.get("root")
+    dataset_label = f"{datamodule.name} ({Path(str(root)).name})" if root else datamodule.name
+
+    scores = weighted_knn_scores(train_x, train_y, val_x, classes, cfg.knn.k, cfg.knn.temperature)
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "dataset": dataset_label,
+        "num_train": int(train_y.shape[0]),
+        "num_val": int(val_y.shape[0]),
+        "knn": {
+            "k": int(cfg.knn.k),
+            "temperature": float(cfg.knn.temperature),
+            "top1": topk_accuracy(scores, val_y, 1),
+            "top5": topk_accuracy(scores, val_y, 5),
+        },
+    }
+    if cfg.linear.enabled:
+        protocol = LinearProtocol(**{k: v for k, v in as_dict(cfg.linear, "linear").items() if k != "enabled"},
+                                  seed=int(cfg.seed))
+        result["linear"] = linear_evaluation(train_x, train_y, val_x, val_y, classes, protocol, cfg.progress)
+
+    view1, view2 = _alignment_views(backbone, datamodule, device, int(cfg.diagnostics.alignment_images))
+    result["diagnostics"] = relation_diagnostics(val_x, val_y, view1, view2)
+    if cfg.map.enabled:
+        if cfg.progress:
+            print(f"computing the {cfg.map.method} map of {min(len(val_y), cfg.map.max_points)} points ...", flush=True)
+        path = feature_map(
+            val_x, val_y, output_dir / "eval_feature_map.png",
+            title=f"{'ReCo on' if hparams.get('reco') else 'ReCo off'} | {checkpoint.name} | {dataset_label} val",
+            method=cfg.map.method, max_points=int(cfg.map.max_points), seed=int(cfg.seed),
+            class_names=getattr(datamodule.splits.val, "classes", None),
+        )
+        result["feature_map"] = str(path)
+    result["eval_time_s"] = round(time.time() - started, 1)
+    (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    print(format_table(result))
+    print(f"wrote {output_dir / 'eval.json'}")
+    return result
+
+
+def _alignment_views(
+    backbone: torch.nn.Module, datamodule: Any, device: torch.device, num_images: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if num_images <= 0:
+        return None, None
+    firsts, seconds = [], []
+    with torch.no_grad():
+        for batch in datamodule.alignment_loader(num_images):
+            view1, view2 = batch["strong"]
+            firsts.append(backbone(view1.to(device)).float())
+            seconds.append(backbone(view2.to(device)).float())
+    return torch.cat(firsts), torch.cat(seconds)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The evaluation as an aligned text table."""
+
+    def pct(value: float) -> str:
+        return f"{100 * value:6.2f}%"
+
+    knn = result["knn"]
+    lines = [
+        "",
+        f"== reco_lightning.eval: {result['checkpoint']}",
+        f"   {result['dataset']}: {result['num_train']} training images (kNN bank, linear training), "
+        f"{result['num_val']} evaluated",
+        f"{'kNN (k=%d, T=%g)' % (knn['k'], knn['temperature']):<28}top-1 {pct(knn['top1'])}   top-5 {pct(knn['top5'])}",
+    ]
+    if "linear" in result:
+        linear = result["linear"]
+        epochs = linear["protocol"]["epochs"]
+        lines.append(f"{'linear (%d epochs)' % epochs:<28}top-1 {pct(linear['top1'])}   top-5 {pct(linear['top5'])}")
+    d = result["diagnostics"]
+    lines += [
+        f"neighbour purity @10 / @50  {pct(d['purity@10'])} / {pct(d['purity@50'])}",
+        f"cosine same / diff class    {d['cos_same_class']:.3f} / {d['cos_diff_class']:.3f}   gap {d['cos_gap']:.3f}",
+        f"uniformity                  {d['uniformity']:.3f}",
+    ]
+    if "alignment" in d:
+        lines.append(f"alignment                   {d['alignment']:.3f}")
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate", "format_table", "load_backbone", "resolve_checkpoint"]
