@@ -25,6 +25,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "method.proj_hidden_dim=64",
+    "pictures=false",
 ]
 
 

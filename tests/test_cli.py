@@ -37,3 +37,40 @@ def test_a_short_run_writes_its_outputs_and_prints_a_summary(tmp_path, tiny):
     assert "kNN accuracy" in result.stdout and "kNN at random init" in result.stdout
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
+
+
+def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
+    """Train a few steps, then `python -m reco_lightning.eval checkpoint=...`."""
+    run = tmp_path / "run"
+    train = subprocess.run(
+        [sys.executable, "-m", "reco_lightning", "+method=simclr", "+reco=on", *tiny, "pictures=true",
+         f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    for picture in ("training_curves.png", "feature_map.png"):
+        data = (run / picture).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, picture
+
+    done = subprocess.run(
+        [sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
+         "linear.epochs=5", "progress=false", "map.max_points=200"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kNN (k=200, T=0.1)" in done.stdout and "neighbour purity" in done.stdout
+    result = json.loads((run / "eval.json").read_text())
+    assert result["dataset"] == "digits" and result["num_val"] == 360  # the run's dataset, all of val
+    assert 0 <= result["knn"]["top1"] <= result["knn"]["top5"] <= 1
+    assert 0 <= result["linear"]["top1"] <= result["linear"]["top5"] <= 1
+    assert result["linear"]["protocol"]["epochs"] == 5
+    assert {"purity@10", "purity@50", "cos_gap", "alignment", "uniformity"} <= result["diagnostics"].keys()
+    data = (run / "eval_feature_map.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the eval wrote nothing elsewhere
+
+
+def test_eval_command_without_a_checkpoint_is_a_message(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={tmp_path / 'x.ckpt'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2 and "no checkpoint at" in done.stderr

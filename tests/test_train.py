@@ -43,6 +43,8 @@ def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, me
         assert all(math.isfinite(v) for v in values), term
     if reco == "off":
         assert not logged_values(rows, "train/loss_global_step") if "train/loss_global_step" in rows[0] else True
+    for diagnostic in ("val/purity_at_10", "val/purity_at_50", "val/cos_gap", "val/alignment", "val/uniformity"):
+        assert logged_values(rows, diagnostic), diagnostic  # logged at the end of each validation epoch
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()

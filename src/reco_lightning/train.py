@@ -18,9 +18,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
 from .callbacks import CheckpointOnSignal
 from .config_checks import accepted_arguments, as_dict, reject_unknown_keys, require_method
 from .data import SSLDataModule
+from .data.datamodule import LabelledDataset
 from .errors import ConfigError
 from .launch import global_rank_from_environment, local_ranks
 from .methods import METHODS, SSLMethod
@@ -217,7 +221,7 @@ def _summarise(
     output_dir: Path,
     rank_zero: bool,
 ) -> dict[str, Any]:
-
+    """The run's summary: written to ``summary.json`` and printed by rank 0."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
     summary = {
@@ -235,9 +239,38 @@ def _summarise(
         "output_dir": str(output_dir),
     }
     if rank_zero:
+        if cfg.get("pictures", True):
+            summary["pictures"] = _pictures(trainer, output_dir, summary)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary))
     return summary
+
+
+def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """Training curves and a t-SNE map of the validation features, as PNG in the run directory."""
+    from .eval.features import extract_features
+    from .eval.plots import feature_map, training_curves
+
+    model, datamodule = trainer.lightning_module, trainer.datamodule
+    title = f"{summary['method']} {'+ ReCo' if summary['reco'] else '(ReCo off)'} on {summary['dataset']}"
+    pictures = {}
+    metrics = output_dir / "metrics.csv"
+    if metrics.is_file():
+        pictures["curves"] = str(training_curves(metrics, output_dir / "training_curves.png", title))
+    chosen = torch.randperm(datamodule.val_size, generator=torch.Generator().manual_seed(0))[:MAP_POINTS]
+    val = LabelledDataset(datamodule.splits.val, datamodule.eval_transform)
+    loader = DataLoader(Subset(val, chosen.tolist()), batch_size=datamodule.eval_batch_size)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    features, labels = extract_features(model.backbone, loader, device, "features (val)", progress=False)
+    pictures["feature_map"] = str(
+        feature_map(features, labels, output_dir / "feature_map.png", f"{title}: validation features (t-SNE)",
+                    max_points=MAP_POINTS)
+    )
+    return pictures
+
+
+#: points of the t-SNE map drawn at the end of training
+MAP_POINTS = 1500
 
 
 def format_summary(summary: dict[str, Any]) -> str:

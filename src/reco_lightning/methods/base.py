@@ -18,11 +18,18 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError, NonFiniteLossError
+from ..eval.diagnostics import relation_diagnostics
 from ..eval.knn import knn_accuracy
 from ..models import build_backbone
 from ..reco import ReCoMixin
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
 from ..utils.rng import rng_states, set_rng_states
+
+
+#: validation samples the per-epoch relation diagnostics use (pairwise cost grows as n^2)
+DIAGNOSTIC_SAMPLES = 5000
+#: validation images whose two strong views give the per-epoch alignment
+ALIGNMENT_IMAGES = 256
 
 
 @dataclass
@@ -140,7 +147,7 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if bool(finite):
             return
-        bad = [f"{name} = {float(value):g}" for name, value in terms.items() if not torch.isfinite(value)]
+        bad = [f"{name} = {float(value.detach()):g}" for name, value in terms.items() if not torch.isfinite(value.detach())]
         where = ", ".join(bad) or "a term on another rank"
         raise NonFiniteLossError(
             f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}, "
@@ -198,6 +205,26 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             bank_x, bank_y, query_x, query_y, self.num_classes, self.hparams.knn_k, self.hparams.knn_temperature
         )
         self.log("val/knn_acc", accuracy, prog_bar=True)
+        for name, value in self._relation_diagnostics(query_x, query_y).items():
+            self.log(f"val/{name.replace('@', '_at_')}", value)
+
+    def _relation_diagnostics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
+        """The relation diagnostics of the validation features (at most
+        ``DIAGNOSTIC_SAMPLES`` of them) and the alignment of two strong views of a fixed set
+        of validation images: a few hundred extra forward passes per validation epoch."""
+        features, labels = features[:DIAGNOSTIC_SAMPLES], labels[:DIAGNOSTIC_SAMPLES]
+        if labels.shape[0] < 2:
+            return {}
+        view1 = view2 = None
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "alignment_loader"):
+            firsts, seconds = [], []
+            for batch in datamodule.alignment_loader(ALIGNMENT_IMAGES):
+                first, second = batch["strong"]
+                firsts.append(self.backbone(first.to(self.device)).float())
+                seconds.append(self.backbone(second.to(self.device)).float())
+            view1, view2 = torch.cat(firsts), torch.cat(seconds)
+        return relation_diagnostics(features, labels, view1, view2)
 
     def _gather(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """Concatenate this rank's features and labels and gather them from all ranks.
