@@ -126,6 +126,7 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         crop_scale: tuple[float, float] = (0.2, 1.0),
         eval_batch_size: int | None = None,
+        horizontal_flip: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -147,7 +148,7 @@ class SSLDataModule(L.LightningDataModule):
                 "dataset.num_workers to 0 (load in the main process) or a positive count"
             )
         self.num_workers = num_workers
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()  # pinning needs a GPU
         self.persistent_workers = bool(persistent_workers) and num_workers > 0
         self.use_weak_view = bool(weak_view)
         self.crop_scale = tuple(crop_scale)
@@ -169,9 +170,10 @@ class SSLDataModule(L.LightningDataModule):
             )
 
         # Built now (not per loader call) so they fail early on bad settings.
-        self.strong_transform = _views.strong_view(self.image_size, self.mean, self.std, self.crop_scale)
+        flip = bool(horizontal_flip)
+        self.strong_transform = _views.strong_view(self.image_size, self.mean, self.std, self.crop_scale, flip)
         self.weak_transform = (
-            _views.weak_view(self.image_size, self.mean, self.std, self.crop_scale)
+            _views.weak_view(self.image_size, self.mean, self.std, self.crop_scale, flip)
             if self.use_weak_view
             else None
         )
@@ -232,6 +234,14 @@ class SSLDataModule(L.LightningDataModule):
                 epoch, batches_done = epoch + 1, 0
             sampler.resume_at(epoch, batches_done)
         return self._loader(dataset, self.batch_size, sampler, train=True)
+
+    def alignment_loader(self, num_images: int = 512) -> DataLoader:
+        """Two strong views of the first ``num_images`` validation images, for the alignment
+        diagnostic: the same views on every call (each image has a fixed seed)."""
+        count = min(num_images, self.val_size)
+        dataset = MultiViewDataset(self.splits.val, self.strong_transform)
+        fixed = [(index, 1_000_000_007 + index) for index in range(count)]
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=fixed, num_workers=0)
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[train split (kNN memory bank), val split (kNN queries)]``, both eval view."""

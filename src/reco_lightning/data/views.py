@@ -84,11 +84,14 @@ def strong_view(
     mean: Sequence[float],
     std: Sequence[float],
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+    horizontal_flip: bool = True,
 ) -> Callable[[Any], torch.Tensor]:
     """MoCo v2-style augmentation for the two contrastive views.
 
     Random crop, colour jitter (p=0.8), grayscale (p=0.2), Gaussian blur (p=0.5, only when
-    ``image_size >= 64``), horizontal flip, then tensor conversion and normalisation.
+    ``image_size >= 64``), horizontal flip (unless turned off: a mirrored digit or letter is
+    another symbol, so invariance to flips is wrong for such data), then tensor conversion
+    and normalisation.
     """
     size = _check_size(image_size)
     scale = _check_scale(crop_scale)
@@ -101,7 +104,8 @@ def strong_view(
         steps.append(
             v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5)
         )
-    steps.append(v2.RandomHorizontalFlip())
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_tensor(mean, std))
 
 
@@ -110,14 +114,14 @@ def weak_view(
     mean: Sequence[float],
     std: Sequence[float],
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE,
+    horizontal_flip: bool = True,
 ) -> Callable[[Any], torch.Tensor]:
     """Geometry-only augmentation (crop + flip) for ReCo's weak view; colours are kept."""
     size = _check_size(image_size)
     scale = _check_scale(crop_scale)
-    steps: list[Any] = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-    ]
+    steps: list[Any] = [v2.RandomResizedCrop(size, scale=scale, antialias=True)]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps + _to_tensor(mean, std))
 
 
