@@ -4,6 +4,7 @@ runs sweeps without stray directories."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -91,7 +92,11 @@ def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
     for job in jobs:
         assert (sweep / job / "summary.json").is_file()
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
-        assert not (sweep / job / ".hydra" / "train_ddp_process_1").exists()
+        assert (sweep / job / ".ddp" / "config.yaml").is_file()  # rank 1 started by our launcher
+        assert json.loads((sweep / job / "summary.json").read_text())["steps"] == 3
+    # Lightning's own launcher would re-run Hydra in rank 1 (a log named after it, a nested sweep)
+    assert not list(sweep.rglob("train_ddp_process_*")), "a rank re-ran Hydra"
+    assert [p.name for p in sweep.rglob("multirun.yaml")] == ["multirun.yaml"]
 
     report = subprocess.run([sys.executable, "-m", "reco_lightning.report", str(sweep)],
                             capture_output=True, text=True, timeout=120)

@@ -60,7 +60,8 @@ def _free_port() -> int:
 
 
 def _needs_local_ranks(trainer: L.Trainer) -> bool:
-    from lightning.fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+    """Whether Lightning would re-run the command line for the other local ranks."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     launcher = getattr(trainer.strategy, "launcher", None)
     return (

@@ -181,6 +181,8 @@ def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None) -> d
         started = time.time()
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         elapsed = time.time() - started
+        if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished
+            trainer.validate(model, datamodule=datamodule, verbose=False)
         return _summarise(cfg, trainer, method_name, reco, elapsed, knn_at_init, output_dir, rank_zero)
 
 
