@@ -47,9 +47,13 @@ def run_two_ranks(*args: str, timeout: float = 300) -> None:
         assert proc.returncode == 0, output[-4000:]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_queues_are_identical_on_both_ranks(tmp_path, method):
-    overrides = [f"+method={method}", "+reco=on", "strategy=ddp_cpu", *TINY, "dataset.batch_size=16"]
+@pytest.mark.parametrize(
+    ("method", "augment_on"), [(m, "cpu") for m in sorted(METHODS)] + [("moco", "device")]
+)
+def test_queues_are_identical_on_both_ranks(tmp_path, method, augment_on):
+    """With augment_on=device each rank draws the views of its own share on its device."""
+    overrides = [f"+method={method}", "+reco=on", "strategy=ddp_cpu", *TINY, "dataset.batch_size=16",
+                 f"dataset.augment_on={augment_on}"]
     run_two_ranks("queues", str(tmp_path), *overrides)
     rank0 = torch.load(tmp_path / "queues_rank0.pt")
     rank1 = torch.load(tmp_path / "queues_rank1.pt")

@@ -20,9 +20,11 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
 
 from reco_lightning.data.datasets import DatasetSplits, build_datasets
 from reco_lightning.data import views as _views
+from reco_lightning.data.device_views import DeviceViews
 from reco_lightning.data.samplers import EvalSampler, TrainSampler
 from reco_lightning.errors import ConfigError
 
@@ -72,6 +74,44 @@ class MultiViewDataset(Dataset):
         if self.weak_transform is not None:
             item["weak"] = self.weak_transform(image)
         return item
+
+
+class InMemoryImages(Dataset):
+    """A base dataset decoded once into a uint8 tensor ``(N, 3, S, S)``, for views drawn on
+    the device (``augment_on=device``): items are ``{"images": (3, S, S) uint8, "label"}``.
+
+    Images are resized (shorter side) and centre-cropped to ``S`` once, when stored; for
+    CIFAR-size data stored at their own size this changes nothing.
+    """
+
+    #: refuse to hold more than this in memory
+    MAX_BYTES = 8 * 1024**3
+
+    def __init__(self, base: Dataset, image_size: int) -> None:
+        count = len(base)  # type: ignore[arg-type]
+        needed = count * 3 * image_size * image_size
+        if needed > self.MAX_BYTES:
+            raise ConfigError(
+                f"dataset.augment_on=device keeps the {count} training images in memory at "
+                f"{image_size} px ({needed / 1024**3:.1f} GiB, more than {self.MAX_BYTES / 1024**3:.0f}): "
+                "use it for CIFAR-size data, or set dataset.augment_on=cpu"
+            )
+        decode = v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        self.images = torch.empty(count, 3, image_size, image_size, dtype=torch.uint8)
+        labels = []
+        for index in range(count):
+            image, label = base[index]
+            self.images[index] = decode(image).as_subclass(torch.Tensor)
+            labels.append(int(label))
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):
+            index = index[0]  # views are drawn later, on the device, from the global RNG
+        return {"images": self.images[index], "label": self.labels[index]}
 
 
 class LabelledDataset(Dataset):
@@ -127,6 +167,7 @@ class SSLDataModule(L.LightningDataModule):
         crop_scale: tuple[float, float] = (0.2, 1.0),
         eval_batch_size: int | None = None,
         horizontal_flip: bool = True,
+        augment_on: str = "cpu",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -180,6 +221,16 @@ class SSLDataModule(L.LightningDataModule):
         self.eval_transform = _views.eval_view(self.image_size, self.mean, self.std)
 
         self._resume_point: tuple[int, int] | None = None
+        if augment_on not in ("cpu", "device"):
+            raise ConfigError(
+                f"dataset.augment_on={augment_on!r} is not known: use cpu (per-image views in the "
+                "loader) or device (whole batches on the training device)"
+            )
+        self.augment_on = augment_on
+        self.device_views = (
+            DeviceViews(self.image_size, self.mean, self.std, self.crop_scale, flip) if augment_on == "device" else None
+        )
+        self._in_memory: InMemoryImages | None = None
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool) -> DataLoader:
@@ -195,6 +246,14 @@ class SSLDataModule(L.LightningDataModule):
             # or a resumed run would draw different ReCo mixing ratios than the original
             generator=torch.Generator().manual_seed(int(self.hparams.seed)),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on=device``: turn a batch of uint8 images, already on the training
+        device, into the strong (and weak) views, every image with its own draw."""
+        if self.device_views is not None and isinstance(batch, dict) and "images" in batch:
+            views = self.device_views.to(batch["images"].device)(batch["images"], weak=self.use_weak_view)
+            return {**views, "label": batch["label"]}
+        return batch
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -225,7 +284,13 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled, drop-last loader of multi-view dicts (see the module docstring)."""
         self._check_per_device_size()
-        dataset = MultiViewDataset(self.splits.train, self.strong_transform, self.weak_transform)
+        dataset: Dataset
+        if self.augment_on == "device":
+            if self._in_memory is None:
+                self._in_memory = InMemoryImages(self.splits.train, self.image_size)
+            dataset = self._in_memory
+        else:
+            dataset = MultiViewDataset(self.splits.train, self.strong_transform, self.weak_transform)
         sampler = TrainSampler(self.train_size, self.batch_size, seed=int(self.hparams.seed))
         if self._resume_point is not None:
             epoch, batches_done = self._resume_point
