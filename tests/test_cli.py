@@ -65,6 +65,7 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
     assert 0 <= result["linear"]["top1"] <= result["linear"]["top5"] <= 1
     assert result["linear"]["protocol"]["epochs"] == 5
     assert {"purity@10", "purity@50", "cos_gap", "alignment", "uniformity"} <= result["diagnostics"].keys()
+    assert result["training_curves"].endswith("training_curves.png")
     data = (run / "eval_feature_map.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the eval wrote nothing elsewhere

@@ -5,7 +5,8 @@
    set) and the validation split, with the deterministic evaluation view.
 3. Weighted kNN (top-1/top-5), linear evaluation on the stored features, the relation
    diagnostics of :mod:`reco_lightning.eval.diagnostics`, and a 2-D feature map.
-4. Print a table and write ``eval.json`` and ``eval_feature_map.png`` into the run directory.
+4. Print a table and write ``eval.json``, ``eval_feature_map.png`` and (from the run's
+   ``metrics.csv``) ``training_curves.png`` into the run directory.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .diagnostics import relation_diagnostics
 from .features import extract_features
 from .knn import weighted_knn_scores
 from .linear import LinearProtocol, linear_evaluation, topk_accuracy
-from .plots import feature_map
+from .plots import feature_map, training_curves
 
 
 def resolve_checkpoint(value: Any) -> Path:
@@ -129,6 +130,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             class_names=getattr(datamodule.splits.val, "classes", None),
         )
         result["feature_map"] = str(path)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():  # the run's training curves, beside its evaluation
+        result["training_curves"] = str(
+            training_curves(metrics, output_dir / "training_curves.png", f"{checkpoint.parent.parent.name}: training")
+        )
     result["eval_time_s"] = round(time.time() - started, 1)
     (output_dir / "eval.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
