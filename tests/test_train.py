@@ -120,3 +120,16 @@ def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_pa
     )
     with pytest.raises(ImageLoadError, match="7.png"):
         train(cfg, tmp_path / "run")
+
+
+def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
+    from reco_lightning.train import build_datamodule, build_method, build_trainer
+
+    cfg = compose_config("+method=moco", "+reco=on", *tiny, "backbone.channels_last=true")
+    summary = train(cfg, tmp_path)
+    assert summary["steps"] == 3 and math.isfinite(summary["knn_acc"])
+    model = build_method(cfg, build_datamodule(cfg, weak_view=True), build_trainer(cfg, tmp_path / "x"), None)
+    conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    target_conv = next(m for m in model.target_backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert target_conv.weight.is_contiguous(memory_format=torch.channels_last)

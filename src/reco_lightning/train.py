@@ -121,7 +121,7 @@ def build_method(
         "optimizer", optimizer, {"name", "lr", "weight_decay", "momentum", "warmup_epochs", "classifier_lr"}
     )
     backbone = as_dict(cfg.backbone, "backbone")
-    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem"})
+    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "channels_last"})
     small_stem = backbone["small_stem"]
     if small_stem == "auto":
         small_stem = datamodule.image_size <= 64
@@ -143,6 +143,7 @@ def build_method(
         backbone=backbone["name"],
         backbone_width=backbone["width"],
         small_stem=bool(small_stem),
+        channels_last=bool(backbone.get("channels_last", False)),
         optimizer=optimizer["name"],
         lr=optimizer["lr"] * global_batch / 256,
         weight_decay=optimizer["weight_decay"],
