@@ -17,6 +17,14 @@ class LARS(torch.optim.Optimizer):
     Each parameter's update is scaled by ``eta * ||w|| / ||g + wd * w||``; parameter
     groups with ``lars_exclude=True`` (biases and norm layers, as in SimCLR and BYOL) get
     plain SGD with momentum.
+
+    ``foreach=True`` updates each group with a handful of multi-tensor ``torch._foreach_*``
+    calls instead of a Python loop of small kernels per parameter: a ResNet-18 with its
+    heads has about 70 tensors, so on a GPU the loop's kernel launches are what the
+    optimizer step costs. ``foreach=None`` (the default) does what torch's own optimizers
+    do: foreach when the parameters are on a GPU, the loop otherwise (on a CPU the loop
+    measured as fast or faster, ``benchmarks/fast_paths.py optimizer``). Both paths compute
+    the same update (``tests/test_optim.py`` checks it).
     """
 
     def __init__(
@@ -26,9 +34,11 @@ class LARS(torch.optim.Optimizer):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         eta: float = 0.02,
+        foreach: bool | None = None,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
         super().__init__(params, defaults)
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -37,28 +47,62 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if group["weight_decay"] and not group["lars_exclude"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
-                if not group["lars_exclude"]:
-                    param_norm = torch.linalg.vector_norm(param)
-                    grad_norm = torch.linalg.vector_norm(grad)
-                    trust = torch.where(
-                        (param_norm > 0) & (grad_norm > 0),
-                        group["eta"] * param_norm / grad_norm,
-                        torch.ones_like(param_norm),
-                    )
-                    grad = grad.mul(trust)
-                state = self.state[param]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grad.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                param.add_(state["momentum_buffer"], alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
+            if foreach:
+                self._step_group_foreach(group, params)
+            else:
+                self._step_group_loop(group, params)
         return loss
+
+    def _step_group_loop(self, group: dict, params: list[torch.Tensor]) -> None:
+        for param in params:
+            grad = param.grad
+            if group["weight_decay"] and not group["lars_exclude"]:
+                grad = grad.add(param, alpha=group["weight_decay"])
+            if not group["lars_exclude"]:
+                param_norm = torch.linalg.vector_norm(param)
+                grad_norm = torch.linalg.vector_norm(grad)
+                trust = torch.where(
+                    (param_norm > 0) & (grad_norm > 0),
+                    group["eta"] * param_norm / grad_norm,
+                    torch.ones_like(param_norm),
+                )
+                grad = grad.mul(trust)
+            state = self.state[param]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = grad.clone()
+            else:
+                state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+            param.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+    def _step_group_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        grads = [p.grad for p in params]
+        if not group["lars_exclude"]:
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            param_norms = torch.stack(torch._foreach_norm(params))
+            grad_norms = torch.stack(torch._foreach_norm(grads))
+            trust = torch.where(
+                (param_norms > 0) & (grad_norms > 0),
+                group["eta"] * param_norms / grad_norms,
+                torch.ones_like(param_norms),
+            )
+            grads = torch._foreach_mul(grads, list(trust.unbind()))
+        buffers, buffered_grads = [], []
+        for param, grad in zip(params, grads):
+            state = self.state[param]
+            if "momentum_buffer" not in state:  # first step: the buffer starts as the update
+                state["momentum_buffer"] = grad.clone()
+            else:
+                buffers.append(state["momentum_buffer"])
+                buffered_grads.append(grad)
+        if buffers:
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, buffered_grads)
+        torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
 
 
 def split_decay_groups(module: nn.Module) -> list[dict]:
@@ -71,17 +115,39 @@ def split_decay_groups(module: nn.Module) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
 
+OPTIMIZER_KERNELS = ("auto", "loop", "foreach", "fused")
+
+
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9
+    name: str,
+    groups: list[dict],
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    kernel: str = "auto",
 ) -> torch.optim.Optimizer:
-    """``sgd`` or ``lars`` over ``groups`` (see :func:`split_decay_groups`)."""
+    """``sgd`` or ``lars`` over ``groups`` (see :func:`split_decay_groups`).
+
+    ``kernel`` picks how the update runs: ``loop`` (one small kernel per tensor),
+    ``foreach`` (multi-tensor kernels), ``fused`` (one fused kernel per group; SGD only)
+    or ``auto`` (torch's own choice: ``foreach`` on a GPU, ``loop`` on a CPU).
+    ``benchmarks/fast_paths.py`` measures them.
+    """
     if lr <= 0:
         raise ConfigError(f"optimizer.lr={lr} must be positive")
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ConfigError(f"optimizer.kernel={kernel!r} is unknown: choose one of {', '.join(OPTIMIZER_KERNELS)}")
     if name == "sgd":
         clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
+        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if kernel == "fused":
+            raise ConfigError(
+                "optimizer.kernel=fused exists only for optimizer.name=sgd: use optimizer.kernel=foreach with LARS"
+            )
+        foreach = {"auto": None, "loop": False, "foreach": True}[kernel]
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
     raise ConfigError(f"optimizer.name={name!r} is unknown: choose 'sgd' or 'lars'")
 
 
