@@ -321,3 +321,30 @@ def test_reco_disabled_is_the_plain_method(cls):
     torch.manual_seed(11)
     loss_disabled = disabled.training_step(batch, 0)
     assert torch.equal(loss_plain, loss_disabled)
+
+
+# -- backbone.compile -------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [MoCo, BYOL])
+def test_setup_compiles_online_and_target_backbones_in_place(cls) -> None:
+    eager = build(cls)
+    model = build(cls, compile_backbone=True)
+    assert model.backbone._compiled_call_impl is None  # lazily, at setup: after the target copy
+    model.setup("fit")
+    assert model.backbone._compiled_call_impl is not None
+    assert model.target_backbone._compiled_call_impl is not None
+    assert model.target_backbone is not model.backbone
+    assert list(model.state_dict()) == list(eager.state_dict())  # checkpoints stay interchangeable
+
+
+def test_setup_leaves_backbones_eager_by_default() -> None:
+    model = build(MoCo)
+    model.setup("fit")
+    assert model.backbone._compiled_call_impl is None
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager_step() -> None:
+    eager, compiled = build(MoCo), build(MoCo, compile_backbone=True)
+    compiled.setup("fit")
+    batch = make_batch()
+    torch.testing.assert_close(compiled.training_step(batch, 0), eager.training_step(batch, 0), rtol=1e-4, atol=1e-4)

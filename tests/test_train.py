@@ -85,6 +85,8 @@ def test_reco_bank_smaller_than_global_batch_is_refused(compose_config, tiny, tm
         ("dataset.batch_size=5000", "dataset.batch_size"),
         ("optimizer.name=adamw", "optimizer.name"),
         ("backbone.name=vgg11", "backbone.name"),
+        ("optimizer.kernel=fused", "optimizer.kernel"),  # the MoCo preset's LARS has no fused kernel
+        ("optimizer.kernel=turbo", "optimizer.kernel"),
     ],
 )
 def test_bad_settings_stop_before_training(compose_config, tiny, tmp_path, override, setting):
@@ -133,3 +135,14 @@ def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     target_conv = next(m for m in model.target_backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert target_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_path_settings_reach_the_module(compose_config, tiny, tmp_path):
+    from reco_lightning.train import build_datamodule, build_method, build_trainer
+
+    cfg = compose_config("+method=simclr", *tiny, "optimizer.name=sgd", "optimizer.kernel=fused", "backbone.compile=true")
+    model = build_method(cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None)
+    assert model.hparams.optimizer_kernel == "fused" and model.hparams.compile_backbone is True
+    assert model.backbone._compiled_call_impl is None
+    model.setup("fit")
+    assert model.backbone._compiled_call_impl is not None

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .launch import global_rank_from_environment, local_ranks
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
+from .utils.optim import check_optimizer
 
 #: dataset keys that describe the data but are not DataModule arguments
 DATASET_HINT_KEYS = {"queue_size"}
@@ -118,10 +119,11 @@ def build_method(
 
     optimizer = as_dict(cfg.optimizer, "optimizer")
     reject_unknown_keys(
-        "optimizer", optimizer, {"name", "lr", "weight_decay", "momentum", "warmup_epochs", "classifier_lr"}
+        "optimizer", optimizer, {"name", "lr", "weight_decay", "momentum", "warmup_epochs", "classifier_lr", "kernel"}
     )
+    check_optimizer(optimizer["name"], optimizer.get("kernel", "auto"))
     backbone = as_dict(cfg.backbone, "backbone")
-    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "channels_last"})
+    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "channels_last", "compile"})
     small_stem = backbone["small_stem"]
     if small_stem == "auto":
         small_stem = datamodule.image_size <= 64
@@ -144,7 +146,9 @@ def build_method(
         backbone_width=backbone["width"],
         small_stem=bool(small_stem),
         channels_last=bool(backbone.get("channels_last", False)),
+        compile_backbone=bool(backbone.get("compile", False)),
         optimizer=optimizer["name"],
+        optimizer_kernel=optimizer.get("kernel", "auto"),
         lr=optimizer["lr"] * global_batch / 256,
         weight_decay=optimizer["weight_decay"],
         sgd_momentum=optimizer["momentum"],

@@ -80,7 +80,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         backbone_width: int = 64,
         small_stem: bool = False,
         channels_last: bool = False,
+        compile_backbone: bool = False,
         optimizer: str = "sgd",
+        optimizer_kernel: str = "auto",
         lr: float = 0.05,
         weight_decay: float = 5e-4,
         sgd_momentum: float = 0.9,
@@ -113,6 +115,23 @@ class SSLMethod(ReCoMixin, L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features, what downstream tasks use."""
         return self.backbone(images)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.get("compile_backbone"):
+            self.compile_backbones()
+
+    def compile_backbones(self) -> None:
+        """``torch.compile`` the backbone and, where the method has one, the target backbone.
+
+        ``nn.Module.compile`` works in place and keeps the parameter names, so checkpoints of
+        compiled and eager runs load into each other. It runs at ``setup``, after the methods
+        have copied the backbone into their target networks: a deep copy of a compiled
+        module would still call the original's forward.
+        """
+        for name in ("backbone", "target_backbone"):
+            module = getattr(self, name, None)
+            if isinstance(module, nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
+                module.compile()
 
     def _memory_format(self, images: Tensor) -> Tensor:
         """Images in the backbone's memory format (channels-last when asked for; on GPUs with
@@ -177,7 +196,8 @@ class SSLMethod(ReCoMixin, L.LightningModule):
              "weight_decay": 0.0, "lars_exclude": True}
         )
         optimizer = build_optimizer(
-            self.hparams.optimizer, groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.sgd_momentum
+            self.hparams.optimizer, groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.sgd_momentum,
+            kernel=self.hparams.get("optimizer_kernel", "auto"),
         )
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(int(self.trainer.max_epochs or 1), 1)

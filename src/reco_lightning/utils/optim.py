@@ -135,20 +135,27 @@ def build_optimizer(
     """
     if lr <= 0:
         raise ConfigError(f"optimizer.lr={lr} must be positive")
-    if kernel not in OPTIMIZER_KERNELS:
-        raise ConfigError(f"optimizer.kernel={kernel!r} is unknown: choose one of {', '.join(OPTIMIZER_KERNELS)}")
+    check_optimizer(name, kernel)
     if name == "sgd":
         clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
         options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
         return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
     if name == "lars":
-        if kernel == "fused":
-            raise ConfigError(
-                "optimizer.kernel=fused exists only for optimizer.name=sgd: use optimizer.kernel=foreach with LARS"
-            )
         foreach = {"auto": None, "loop": False, "foreach": True}[kernel]
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
     raise ConfigError(f"optimizer.name={name!r} is unknown: choose 'sgd' or 'lars'")
+
+
+def check_optimizer(name: str, kernel: str = "auto") -> None:
+    """Refuse an unknown optimizer or kernel, or a kernel the optimizer lacks, before training."""
+    if name not in ("sgd", "lars"):
+        raise ConfigError(f"optimizer.name={name!r} is unknown: choose 'sgd' or 'lars'")
+    if kernel not in OPTIMIZER_KERNELS:
+        raise ConfigError(f"optimizer.kernel={kernel!r} is unknown: choose one of {', '.join(OPTIMIZER_KERNELS)}")
+    if name == "lars" and kernel == "fused":
+        raise ConfigError(
+            "optimizer.kernel=fused exists only for optimizer.name=sgd: use optimizer.kernel=foreach with LARS"
+        )
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float = 0.0) -> float:
