@@ -15,6 +15,16 @@ device), it times
 in alternating rounds in one process, and prints images per second of each and the ratio
 whole/model (1.0 = data loading is fully hidden or free). The step-cost floor of ReCo over
 the plain method is in ``step_cost.py``; this measures what data adds on top.
+
+Before each model-only round the benchmark waits ``--settle`` seconds, so loader workers
+have refilled their prefetch queue and sit idle: otherwise they would make the next batch
+during the model-only steps, stealing CPU from them and hiding the data cost in the
+denominator. The whole-step rounds pay for the workers' work, as training does. The
+ratio column is the median of the per-round ratios; the range shows their spread.
+"Waiting for data" is the share of the whole step spent in the loader's ``next``, the copy
+and making the views, timed inside the same steps: it is the data's serial cost, free of
+the step-to-step noise of the ratio (but not of the CPU that loader workers take from the
+model while it computes, which only the ratio sees).
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from reco_lightning import BYOL, MoCo, SimCLR
 from reco_lightning.data import SSLDataModule
 
 METHODS = {"moco": MoCo, "simclr": SimCLR, "byol": BYOL}
+#: RECO.md's compute floor of a ReCo step over the plain step (a backward = two forwards)
+COMPUTE_FLOOR = {"moco": 2.0, "simclr": 5 / 3, "byol": 1.5}
 
 
 def build(name: str, reco: bool, args: argparse.Namespace, image_size: int) -> torch.nn.Module:
@@ -73,13 +85,27 @@ def time_model(model, optimizer, batch, steps, device) -> float:
     return (time.perf_counter() - started) / steps
 
 
-def time_whole(model, optimizer, iterator, datamodule, steps, device) -> float:
+def time_whole(model, optimizer, iterator, datamodule, steps, device) -> tuple[float, float]:
+    """Seconds per whole step, and the part of it spent waiting for the batch and making
+    its views (the loader's ``next``, the copy and ``on_after_batch_transfer``)."""
     sync(device)
     started = time.perf_counter()
+    waiting = 0.0
     for _ in range(steps):
-        step(model, optimizer, to_device(next(iterator), datamodule, device))
+        asked = time.perf_counter()
+        batch = to_device(next(iterator), datamodule, device)
+        sync(device)
+        waiting += time.perf_counter() - asked
+        step(model, optimizer, batch)
     sync(device)
-    return (time.perf_counter() - started) / steps
+    return (time.perf_counter() - started) / steps, waiting / steps
+
+
+def median_ratio(whole_times: list[float], model_times: list[float]) -> tuple[float, float, float]:
+    """Median, min and max of the per-round ratios whole/model (rounds are paired in time,
+    so slow drifts of the machine cancel)."""
+    ratios = [w / m for w, m in zip(whole_times, model_times)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def main() -> None:
@@ -93,15 +119,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reco", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds to wait before each model-only round (loader workers go idle)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     data = dict(name="imagefolder", root=args.root) if args.root else dict(name="digits", image_size=32)
     print(f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, ResNet-18 width {args.width}, "
           f"device {args.device}, loader workers {args.workers}, torch threads {torch.get_num_threads()}")
-    print("\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | whole / model time |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print(f"{args.rounds} rounds of {args.steps} steps each, settle {args.settle} s")
+    print("\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | whole / model time | range | waiting for data |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    whole_step: dict[tuple[str, bool, str], float] = {}
     for name in args.methods:
-        for reco in (False, True):
+        for reco in [value == "on" for value in args.reco]:
             for augment in args.augment:
                 torch.manual_seed(0)
                 datamodule = SSLDataModule(
@@ -115,18 +146,40 @@ def main() -> None:
                 iterator = iter(loader)
                 fixed = to_device(next(iterator), datamodule, args.device)
                 step(model, optimizer, fixed)  # warm-up
-                model_times, whole_times = [], []
+                model_times, whole_times, waits = [], [], []
                 for _ in range(args.rounds):
+                    if augment == "cpu" and args.workers > 0:
+                        time.sleep(args.settle)
                     model_times.append(time_model(model, optimizer, fixed, args.steps, args.device))
                     try:
-                        whole_times.append(time_whole(model, optimizer, iterator, datamodule, args.steps, args.device))
+                        whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
                     except StopIteration:
                         iterator = iter(loader)
-                        whole_times.append(time_whole(model, optimizer, iterator, datamodule, args.steps, args.device))
+                        whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
+                    whole_times.append(whole)
+                    waits.append(wait)
                 model_s, whole_s = statistics.median(model_times), statistics.median(whole_times)
-                print(f"| {name} | {'on' if reco else 'off'} | {augment} | {args.batch_size / model_s:,.0f} | "
-                      f"{args.batch_size / whole_s:,.0f} | {whole_s / model_s:.2f} |", flush=True)
+                ratio, low, high = median_ratio(whole_times, model_times)
+                whole_step[name, reco, augment] = whole_s
+                print(f"| {name} | {'on' if reco else 'off'} | {augment} | {args.batch_size / model_s:,.1f} | "
+                      f"{args.batch_size / whole_s:,.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} | "
+                      f"{statistics.median(waits) / whole_s:.1%} |", flush=True)
                 del iterator, loader
+    print_floor_table(whole_step, args)
+
+
+def print_floor_table(whole_step: dict[tuple[str, bool, str], float], args: argparse.Namespace) -> None:
+    """Whole step with ReCo over the whole step without, against RECO.md's compute floor."""
+    rows = [(name, augment) for name in args.methods for augment in args.augment
+            if (name, True, augment) in whole_step and (name, False, augment) in whole_step]
+    if not rows:
+        return
+    print("\n| method | views made on | whole step ReCo on / off | compute floor | over the floor |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, augment in rows:
+        ratio = whole_step[name, True, augment] / whole_step[name, False, augment]
+        floor = COMPUTE_FLOOR[name]
+        print(f"| {name} | {augment} | {ratio:.2f} | {floor:.2f} | {ratio / floor - 1:+.0%} |")
 
 
 if __name__ == "__main__":
