@@ -147,17 +147,25 @@ def main() -> None:
                 fixed = to_device(next(iterator), datamodule, args.device)
                 step(model, optimizer, fixed)  # warm-up
                 model_times, whole_times, waits = [], [], []
-                for _ in range(args.rounds):
-                    if augment == "cpu" and args.workers > 0:
-                        time.sleep(args.settle)
-                    model_times.append(time_model(model, optimizer, fixed, args.steps, args.device))
-                    try:
-                        whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
-                    except StopIteration:
-                        iterator = iter(loader)
-                        whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
-                    whole_times.append(whole)
-                    waits.append(wait)
+                for round_index in range(args.rounds):
+                    def model_round() -> None:
+                        if augment == "cpu" and args.workers > 0:
+                            time.sleep(args.settle)
+                        model_times.append(time_model(model, optimizer, fixed, args.steps, args.device))
+
+                    def whole_round() -> None:
+                        nonlocal iterator
+                        try:
+                            whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
+                        except StopIteration:
+                            iterator = iter(loader)
+                            whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
+                        whole_times.append(whole)
+                        waits.append(wait)
+
+                    # swap the order every round: neither kind always runs second
+                    for run_round in (model_round, whole_round) if round_index % 2 == 0 else (whole_round, model_round):
+                        run_round()
                 model_s, whole_s = statistics.median(model_times), statistics.median(whole_times)
                 ratio, low, high = median_ratio(whole_times, model_times)
                 whole_step[name, reco, augment] = whole_s
