@@ -348,3 +348,23 @@ def test_compiled_step_matches_eager_step() -> None:
     compiled.setup("fit")
     batch = make_batch()
     torch.testing.assert_close(compiled.training_step(batch, 0), eager.training_step(batch, 0), rtol=1e-4, atol=1e-4)
+
+
+# -- BYOL's predictor learning rate ---------------------------------------------------------
+def test_byol_predictor_lr_scale_gives_the_predictor_groups_of_its_own() -> None:
+    model = build(BYOL, predictor_lr_scale=10.0, lr=0.2)
+    groups = model.parameter_groups()
+    predictor = {id(p) for p in model.predictor.parameters()}
+    scaled = [g for g in groups if g.get("lr") == pytest.approx(2.0)]
+    assert {id(p) for g in scaled for p in g["params"]} == predictor
+    others = [p for g in groups if "lr" not in g for p in g["params"]]
+    assert others and not predictor & {id(p) for p in others}
+    trainable = {id(p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")}
+    assert {id(p) for g in groups for p in g["params"]} == trainable  # every parameter once
+
+
+def test_byol_predictor_lr_scale_must_be_positive() -> None:
+    from reco_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method.predictor_lr_scale"):
+        build(BYOL, predictor_lr_scale=0.0)

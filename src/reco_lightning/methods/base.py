@@ -188,9 +188,15 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             "then resume from that checkpoint with resume=PATH"
         )
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups for everything but the online probe: weights,
+        and biases/norm parameters (no decay, no LARS). Methods that need a group of their
+        own (BYOL's predictor learning rate) override this."""
         trained = nn.ModuleDict({name: m for name, m in self.named_children() if name != "classifier"})
-        groups = split_decay_groups(trained)
+        return split_decay_groups(trained)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.parameter_groups()
         groups.append(
             {"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr,
              "weight_decay": 0.0, "lars_exclude": True}

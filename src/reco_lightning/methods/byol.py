@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models import mlp_head
 from ..utils.momentum import cosine_momentum, ema_update, make_target
+from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
 from .losses import byol_loss
 
@@ -27,6 +28,7 @@ class BYOL(SSLMethod):
         proj_hidden_dim, proj_output_dim: the projector MLP.
         pred_hidden_dim: the predictor MLP's hidden width (its output is proj_output_dim).
         temperature: used only by ReCo's local term.
+        predictor_lr_scale: the predictor's learning rate over the others' (1 = BYOL's).
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
 
@@ -37,6 +39,7 @@ class BYOL(SSLMethod):
         proj_output_dim: int = 256,
         pred_hidden_dim: int = 4096,
         temperature: float = 0.2,
+        predictor_lr_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -44,6 +47,9 @@ class BYOL(SSLMethod):
             raise ConfigError(f"method.momentum={momentum} must lie in [0, 1]")
         if temperature <= 0:
             raise ConfigError(f"method.temperature={temperature} must be positive")
+        if predictor_lr_scale <= 0:
+            raise ConfigError(f"method.predictor_lr_scale={predictor_lr_scale} must be positive")
+        self.predictor_lr_scale = predictor_lr_scale
         self.base_momentum = momentum
         self.temperature = temperature
         self.embedding_dim = proj_output_dim
@@ -52,6 +58,17 @@ class BYOL(SSLMethod):
         self.target_backbone = make_target(self.backbone)
         self.target_projector = make_target(self.projector)
         self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The base class's groups, with the predictor's in groups of their own when its
+        learning rate is scaled."""
+        if self.predictor_lr_scale == 1.0:
+            return super().parameter_groups()
+        rest = nn.ModuleDict({n: m for n, m in self.named_children() if n not in ("classifier", "predictor")})
+        groups = split_decay_groups(rest)
+        for group in split_decay_groups(self.predictor):
+            groups.append({**group, "lr": self.hparams.lr * self.predictor_lr_scale})
+        return groups
 
     def online_embedding(self, images: Tensor) -> Tensor:
         return F.normalize(self.predictor(self.projector(self.backbone(images))), dim=1)
