@@ -146,3 +146,15 @@ def test_fast_path_settings_reach_the_module(compose_config, tiny, tmp_path):
     assert model.backbone._compiled_call_impl is None
     model.setup("fit")
     assert model.backbone._compiled_call_impl is not None
+
+
+@pytest.mark.parametrize("setting", ["true", "false"])
+def test_zero_init_residual_setting_reaches_the_backbone(compose_config, tiny, tmp_path, setting):
+    from torchvision.models.resnet import BasicBlock
+
+    from reco_lightning.train import build_datamodule, build_method, build_trainer
+
+    cfg = compose_config("+method=byol", *tiny, f"backbone.zero_init_residual={setting}")
+    model = build_method(cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None)
+    scales = [m.bn2.weight for m in model.backbone.modules() if isinstance(m, BasicBlock)]
+    assert scales and all(bool(torch.count_nonzero(w)) is (setting == "false") for w in scales)

@@ -123,7 +123,7 @@ def build_method(
     )
     check_optimizer(optimizer["name"], optimizer.get("kernel", "auto"))
     backbone = as_dict(cfg.backbone, "backbone")
-    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "channels_last", "compile"})
+    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "zero_init_residual", "channels_last", "compile"})
     small_stem = backbone["small_stem"]
     if small_stem == "auto":
         small_stem = datamodule.image_size <= 64
@@ -145,6 +145,7 @@ def build_method(
         backbone=backbone["name"],
         backbone_width=backbone["width"],
         small_stem=bool(small_stem),
+        zero_init_residual=bool(backbone.get("zero_init_residual", False)),
         channels_last=bool(backbone.get("channels_last", False)),
         compile_backbone=bool(backbone.get("compile", False)),
         optimizer=optimizer["name"],

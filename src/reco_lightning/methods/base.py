@@ -57,6 +57,8 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         backbone: a ResNet name (``resnet18``, ``resnet34``, ``resnet50``).
         backbone_width: channels of the first stage; 64 is torchvision's ResNet.
         small_stem: 3x3 stride-1 stem without max-pool, for images of 64 px or less.
+        zero_init_residual: start every residual block as its shortcut (the last
+            BatchNorm's scale at zero); ``False`` is torchvision's initialisation.
         channels_last: keep the backbone's weights and inputs in channels-last memory format.
         optimizer: ``sgd`` or ``lars``.
         lr: peak learning rate (already scaled to the global batch by the caller).
@@ -79,6 +81,7 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         backbone: str = "resnet18",
         backbone_width: int = 64,
         small_stem: bool = False,
+        zero_init_residual: bool = True,
         channels_last: bool = False,
         compile_backbone: bool = False,
         optimizer: str = "sgd",
@@ -98,7 +101,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             raise ConfigError(f"num_classes={num_classes}: the validation data needs at least two classes")
         if knn_k <= 0 or knn_temperature <= 0:
             raise ConfigError(f"knn.k={knn_k} and knn.temperature={knn_temperature} must be positive")
-        self.backbone, self.feature_dim = build_backbone(backbone, backbone_width, small_stem)
+        self.backbone, self.feature_dim = build_backbone(
+            backbone, backbone_width, small_stem, zero_init_residual
+        )
         if channels_last:  # before methods copy the backbone into their target networks
             self.backbone.to(memory_format=torch.channels_last)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
