@@ -226,6 +226,60 @@ def test_val_loaders_are_bank_then_queries_in_order() -> None:
     np.testing.assert_array_equal(y1.numpy(), dm.splits.val.labels[:100])
 
 
+def _loader_contents(loader) -> list:
+    return [batch for batch in loader]
+
+
+def test_small_eval_views_are_made_once_and_equal_the_per_image_views(monkeypatch) -> None:
+    from reco_lightning.data import datamodule as dm_module
+
+    dm = SSLDataModule(batch_size=32, eval_batch_size=100, image_size=16)
+    calls = []
+    transform = dm.eval_transform
+    dm.eval_transform = lambda image: calls.append(1) or transform(image)
+    cached = [_loader_contents(loader) for loader in dm.val_dataloader()]
+    made = len(calls)
+    assert made == dm.train_size + dm.val_size
+    again = [_loader_contents(loader) for loader in dm.val_dataloader()]
+    assert len(calls) == made  # the second epoch made no view
+
+    monkeypatch.setattr(dm_module, "EVAL_CACHE_BYTES", 0)  # too big for the cache: per image
+    fresh = SSLDataModule(batch_size=32, eval_batch_size=100, image_size=16)
+    streamed = [_loader_contents(loader) for loader in fresh.val_dataloader()]
+    for a, b, c in zip(cached, again, streamed):
+        assert len(a) == len(b) == len(c)
+        for (xa, ya), (xb, yb), (xc, yc) in zip(a, b, c):
+            assert torch.equal(xa, xb) and torch.equal(xa, xc)
+            assert torch.equal(ya, yb) and torch.equal(ya, yc)
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 0])
+def test_alignment_views_are_fixed_whether_kept_or_remade(monkeypatch, cache_bytes) -> None:
+    from reco_lightning.data import datamodule as dm_module
+
+    if cache_bytes is not None:
+        monkeypatch.setattr(dm_module, "EVAL_CACHE_BYTES", cache_bytes)
+    dm = SSLDataModule(batch_size=32, eval_batch_size=50, image_size=16)
+    first = _loader_contents(dm.alignment_loader(120))
+    torch.manual_seed(123)  # the global RNG must not matter
+    second = _loader_contents(dm.alignment_loader(120))
+    assert [b["strong"][0].shape[0] for b in first] == [50, 50, 20]
+    for a, b in zip(first, second):
+        assert torch.equal(a["strong"][0], b["strong"][0]) and torch.equal(a["strong"][1], b["strong"][1])
+        assert not torch.equal(a["strong"][0], a["strong"][1])  # two different views
+    assert (cache_bytes is None) == ("alignment-120" in dm._eval_cache)
+
+
+def test_kept_and_remade_alignment_views_are_the_same(monkeypatch) -> None:
+    from reco_lightning.data import datamodule as dm_module
+
+    kept = _loader_contents(SSLDataModule(batch_size=32, image_size=16).alignment_loader(64))
+    monkeypatch.setattr(dm_module, "EVAL_CACHE_BYTES", 0)
+    remade = _loader_contents(SSLDataModule(batch_size=32, image_size=16).alignment_loader(64))
+    for a, b in zip(kept, remade, strict=True):
+        assert torch.equal(a["strong"][0], b["strong"][0]) and torch.equal(a["label"], b["label"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [

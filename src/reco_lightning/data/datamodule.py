@@ -14,7 +14,7 @@ index 1 the *val* split (the kNN queries). Lightning passes that index to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -116,6 +116,24 @@ class InMemoryImages(Dataset):
         return {"images": self.images[index], "label": self.labels[index]}
 
 
+class MaterialisedDataset(Dataset):
+    """The items of a deterministic dataset, made once and kept in memory.
+
+    Evaluation views (and the alignment diagnostic's seeded strong views) are the same on
+    every validation epoch; for small data, remaking them per image each epoch costs as
+    much as the forward passes that use them (docs/benchmarks.md, "The main job").
+    """
+
+    def __init__(self, base: Dataset, indices: Sequence[Any]) -> None:
+        self.items = [base[index] for index in indices]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
 class LabelledDataset(Dataset):
     """A base dataset seen through one deterministic transform: ``(tensor, label)`` items."""
 
@@ -135,6 +153,10 @@ def _positive_int(value: Any, key: str, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{key}={value!r} is not a positive integer: {hint}")
     return value
+
+
+#: deterministic evaluation views that fit in this many bytes are made once and kept
+EVAL_CACHE_BYTES = 64 * 1024**2
 
 
 class SSLDataModule(L.LightningDataModule):
@@ -233,6 +255,11 @@ class SSLDataModule(L.LightningDataModule):
             DeviceViews(self.image_size, self.mean, self.std, self.crop_scale, flip) if augment_on == "device" else None
         )
         self._in_memory: InMemoryImages | None = None
+        self._eval_cache: dict[str, MaterialisedDataset] = {}
+
+    def _fits_eval_cache(self, images: int) -> bool:
+        """Whether ``images`` float views of this dataset fit in :data:`EVAL_CACHE_BYTES`."""
+        return images * 3 * self.image_size * self.image_size * 4 <= EVAL_CACHE_BYTES
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool) -> DataLoader:
@@ -304,19 +331,32 @@ class SSLDataModule(L.LightningDataModule):
 
     def alignment_loader(self, num_images: int = 512) -> DataLoader:
         """Two strong views of the first ``num_images`` validation images, for the alignment
-        diagnostic: the same views on every call (each image has a fixed seed)."""
+        diagnostic: the same views on every call (each image has a fixed seed), made once
+        and kept when they fit in :data:`EVAL_CACHE_BYTES`."""
         count = min(num_images, self.val_size)
-        dataset = MultiViewDataset(self.splits.val, self.strong_transform)
+        dataset: Dataset = MultiViewDataset(self.splits.val, self.strong_transform)
         fixed = [(index, 1_000_000_007 + index) for index in range(count)]
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=fixed, num_workers=0)
+        if not self._fits_eval_cache(2 * count):
+            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=fixed, num_workers=0)
+        key = f"alignment-{count}"
+        if key not in self._eval_cache:
+            self._eval_cache[key] = MaterialisedDataset(dataset, fixed)
+        return DataLoader(self._eval_cache[key], batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+
+    def _eval_dataset(self, name: str, split: Dataset) -> Dataset:
+        """``split`` through the eval view; made once and kept when it fits the cache."""
+        dataset: Dataset = LabelledDataset(split, self.eval_transform)
+        if not self._fits_eval_cache(len(dataset)):  # type: ignore[arg-type]
+            return dataset
+        if name not in self._eval_cache:
+            self._eval_cache[name] = MaterialisedDataset(dataset, range(len(dataset)))  # type: ignore[arg-type]
+        return self._eval_cache[name]
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[train split (kNN memory bank), val split (kNN queries)]``, both eval view."""
         return [
-            self._loader(
-                LabelledDataset(split, self.eval_transform), self.eval_batch_size, EvalSampler(len(split)), train=False
-            )
-            for split in (self.splits.train, self.splits.val)
+            self._loader(self._eval_dataset(name, split), self.eval_batch_size, EvalSampler(len(split)), train=False)
+            for name, split in (("train", self.splits.train), ("val", self.splits.val))
         ]
 
 
