@@ -56,9 +56,21 @@ def _batch(seed: int = 0):
     return tuple(torch.randn(B, C, S, S, generator=generator) for _ in range(3))  # v1, v2, w
 
 
-def _tiny(reco=CONFIG, seed: int = 0, **kwargs) -> Tiny:
+def _fill(queue: FeatureQueue, seed: int = 100) -> None:
+    """Write a whole queue with random unit keys (unwritten rows are left out of the terms)."""
+    generator = torch.Generator().manual_seed(seed)
+    queue.enqueue(F.normalize(torch.randn(queue.size, queue.features.shape[1], generator=generator), dim=1))
+
+
+def _tiny(reco=CONFIG, seed: int = 0, fill: bool = True, **kwargs) -> Tiny:
+    """A Tiny module; with ``fill`` its queues are fully written, so both terms are computed."""
     torch.manual_seed(seed)
-    return Tiny(reco, **kwargs)
+    model = Tiny(reco, **kwargs)
+    if fill and model.reco_enabled:
+        _fill(model.relation_bank, seed + 100)
+        if model._reco_owns_negatives:
+            _fill(model.reco_negatives, seed + 200)
+    return model
 
 
 def _queue_state(model):
@@ -113,18 +125,27 @@ def test_each_term_has_gradient_into_online(term):
 
 def test_weights_combine_the_terms():
     v1, v2, w = _batch()
-    for w_global, w_local in [(0.0, 1.0), (1.0, 0.0), (2.0, 0.5), (0.0, 0.0)]:
+    for w_global, w_local in [(1.0, 1.0), (2.0, 0.5), (0.3, 4.0)]:
         model = _tiny({**CONFIG, "w_global": w_global, "w_local": w_local})
         torch.manual_seed(1)
         terms = model.reco_loss(v1, v2, w)
         assert terms.global_.item() > 0 and terms.local.item() > 0
         expected = w_global * terms.global_ + w_local * terms.local
         assert torch.allclose(terms.weighted, expected)
-    # a zero weight removes the term entirely, gradient included
-    model = _tiny({**CONFIG, "w_global": 0.0})
+
+
+@pytest.mark.parametrize("zero, kept", [("w_global", "local"), ("w_local", "global_")])
+def test_a_zero_weight_skips_its_term(zero, kept, monkeypatch):
+    """A term with weight 0 is not computed at all (no mixed forward pass for w_local=0)."""
+    calls = []
+    monkeypatch.setattr(mixin_module, "mix_views", lambda *a: calls.append(a) or mix_views(*a))
+    model = _tiny({**CONFIG, zero: 0.0})
     torch.manual_seed(1)
-    terms = model.reco_loss(v1, v2, w)
-    assert terms.weighted.item() == pytest.approx(terms.local.item())
+    terms = model.reco_loss(*_batch())
+    skipped = "global_" if kept == "local" else "local"
+    assert getattr(terms, skipped) is None
+    assert terms.weighted.item() == pytest.approx(getattr(terms, kept).item())
+    assert len(calls) == (0 if zero == "w_local" else 1)
 
 
 # --------------------------------------------------------------------------- composition
@@ -170,7 +191,7 @@ def test_mixup_mode_is_used(monkeypatch):
 
 # --------------------------------------------------------------------------- (c), (d) queues
 def test_reco_loss_leaves_queues_and_batch_end_fills_them():
-    model = _tiny()
+    model = _tiny(fill=False)
     v1, v2, w = _batch()
     before = _queue_state(model)
     model.reco_loss(v1, v2, w)
@@ -325,7 +346,8 @@ def test_from_mapping_defaults_and_off():
 def test_borrowed_negatives_not_duplicated_and_not_filled_by_mixin():
     torch.manual_seed(0)
     own = FeatureQueue(16, DIM, name="method.queue_size")
-    model = Tiny(CONFIG, negatives=own)
+    _fill(own)
+    model = _tiny(CONFIG, negatives=own)
     assert model.reco_negatives is own
     state = model.state_dict()
     assert "keys.features" in state
@@ -338,23 +360,24 @@ def test_borrowed_negatives_not_duplicated_and_not_filled_by_mixin():
     terms.weighted.backward()
     model.on_train_batch_end(None, None, 0)
     assert torch.equal(own.features, before)
-    assert int(own.pointer) == 0 and int(own.num_enqueued) == 0
-    assert int(model.relation_bank.num_enqueued) == B  # the bank is still the mixin's to fill
+    assert int(own.pointer) == 0 and int(own.num_enqueued) == 16  # as _fill left it
+    assert int(model.relation_bank.num_enqueued) == 16 + B  # the bank is still the mixin's to fill
 
 
 def test_borrowed_negatives_are_the_ones_scored(monkeypatch):
     scored = []
     original = mixin_module.local_interpolation_loss
 
-    def spy(mixed, target, negatives, temperature):
+    def spy(mixed, target, negatives, *args):
         scored.append(negatives)
-        return original(mixed, target, negatives, temperature)
+        return original(mixed, target, negatives, *args)
 
     monkeypatch.setattr(mixin_module, "local_interpolation_loss", spy)
     own = FeatureQueue(16, DIM)
+    _fill(own)
     model = _tiny(CONFIG, negatives=own)
     model.reco_loss(*_batch())
-    assert scored[0] is own.features
+    assert scored[0].data_ptr() == own.features.data_ptr() and scored[0].shape == own.features.shape
 
 
 def test_wrong_base_order_is_refused_with_the_fix():

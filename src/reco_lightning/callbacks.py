@@ -1,4 +1,5 @@
-"""Callbacks the training job adds to Lightning's: a checkpoint on SIGTERM and Ctrl-C.
+"""Callbacks the training job adds to Lightning's: a checkpoint on SIGTERM and Ctrl-C, and
+a clock of the time spent training (for comparisons at equal wall time).
 
 A pre-empted cluster job gets SIGTERM and, shortly after, SIGKILL; a user stops a run
 with Ctrl-C. Lightning on its own exits on SIGTERM without saving (outside SLURM's
@@ -14,12 +15,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -93,4 +96,46 @@ class CheckpointOnSignal(Callback):
         raise SystemExit(128 + signum)
 
 
-__all__ = ["CheckpointOnSignal"]
+class TrainingClock(Callback):
+    """Logs ``time/train_s`` at each epoch end: wall seconds spent training so far.
+
+    Validation inside an epoch is left out, and the count survives a resume (it is saved
+    in the checkpoint), so a ReCo-on run and a ReCo-off run can be compared at equal
+    training time, not only at equal epochs.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def _start(self) -> None:
+        self._started = time.perf_counter()
+
+    def _stop(self) -> None:
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._stop()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._start()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+        pl_module.log("time/train_s", self.seconds, on_step=False, on_epoch=True)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.seconds = float(state_dict.get("seconds", 0.0))
+
+
+__all__ = ["CheckpointOnSignal", "TrainingClock"]

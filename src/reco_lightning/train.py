@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .callbacks import CheckpointOnSignal
+from .callbacks import CheckpointOnSignal, TrainingClock
 from .config_checks import accepted_arguments, as_dict, reject_unknown_keys, require_method
 from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
@@ -73,6 +73,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
     callbacks = [
         checkpoints,
         CheckpointOnSignal(output_dir / "checkpoints"),
+        TrainingClock(),
         LearningRateMonitor(logging_interval="epoch"),
         *(extra_callbacks or []),
     ]

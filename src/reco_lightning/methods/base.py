@@ -22,6 +22,7 @@ from ..eval.diagnostics import relation_diagnostics
 from ..eval.knn import knn_accuracy
 from ..models import build_backbone
 from ..reco import ReCoMixin
+from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
 from ..utils.rng import rng_states, set_rng_states
 
@@ -74,6 +75,10 @@ class SSLMethod(ReCoMixin, L.LightningModule):
     embedding_dim: int
     #: the method's temperature, used by ReCo's local term unless ``reco.tau_local`` is set.
     temperature: float = 0.2
+    #: base momentum of the method's EMA targets (see :meth:`momentum_pairs`)
+    base_momentum: float = 0.99
+    #: ``constant`` or ``cosine`` (momentum raised to 1 over training); ReCo's own teacher follows it too
+    momentum_schedule: str = "constant"
 
     def __init__(
         self,
@@ -111,11 +116,34 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         self.val_linear_acc = MulticlassAccuracy(num_classes, average="micro")
         self._bank: list[tuple[Tensor, Tensor]] = []
         self._queries: list[tuple[Tensor, Tensor]] = []
+        self.momentum_gate = OncePerOptimizerStep()
 
     # -- what a method implements ------------------------------------------------------
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         """The method's own loss from two strong views of the same images."""
         raise NotImplementedError
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The method's (online, EMA target) module pairs; none by default (SimCLR).
+
+        Declared as data, updated in one place (:meth:`on_train_batch_end`), once per
+        optimizer step."""
+        return []
+
+    def current_momentum(self) -> float:
+        """The targets' momentum at this step, on the method's schedule."""
+        return scheduled_momentum(self.base_momentum, self.momentum_schedule, self.global_step, self.total_steps)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After an optimizer step: the EMA update of every momentum pair, once per step
+        (with ``accumulate_grad_batches=N``, after every N-th micro-batch), then ReCo's."""
+        pairs = self.momentum_pairs()
+        if pairs and self.momentum_gate.due(self.global_step if self._trainer is not None else None):
+            momentum = self.current_momentum()
+            for online, target in pairs:
+                ema_update(target, online, momentum)
+            self.log("train/momentum", momentum, on_step=False, on_epoch=True)
+        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features, what downstream tasks use."""

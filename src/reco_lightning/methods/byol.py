@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models import mlp_head
-from ..utils.momentum import cosine_momentum, ema_update, make_target
+from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
 from .losses import byol_loss
@@ -51,6 +51,7 @@ class BYOL(SSLMethod):
             raise ConfigError(f"method.predictor_lr_scale={predictor_lr_scale} must be positive")
         self.predictor_lr_scale = predictor_lr_scale
         self.base_momentum = momentum
+        self.momentum_schedule = "cosine"
         self.temperature = temperature
         self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
@@ -86,13 +87,5 @@ class BYOL(SSLMethod):
         loss = (byol_loss(p1, k2) + byol_loss(p2, k1)) / 2
         return MethodOutput(loss, p1, k2, features1)
 
-    def current_momentum(self) -> float:
-        return cosine_momentum(self.base_momentum, self.global_step, self.total_steps)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA update of the target network after the optimizer step."""
-        momentum = self.current_momentum()
-        ema_update(self.target_backbone, self.backbone, momentum)
-        ema_update(self.target_projector, self.projector, momentum)
-        self.log("train/momentum", momentum, on_step=False, on_epoch=True)
-        super().on_train_batch_end(outputs, batch, batch_idx)
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]

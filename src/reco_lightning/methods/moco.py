@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models import mlp_head
 from ..reco.queue import FeatureQueue
-from ..utils.momentum import cosine_momentum, ema_update, make_target
+from ..utils.momentum import make_target
 from .base import MethodOutput, SSLMethod
 from .losses import info_nce_loss
 
@@ -91,17 +91,11 @@ class MoCo(SSLMethod):
             self._pending_keys = k2
         return MethodOutput(loss, q1, k2, features1)
 
-    def current_momentum(self) -> float:
-        if self.momentum_schedule == "cosine":
-            return cosine_momentum(self.base_momentum, self.global_step, self.total_steps)
-        return self.base_momentum
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """EMA update of the key encoder, then this step's keys into the queue."""
-        momentum = self.current_momentum()
-        ema_update(self.target_backbone, self.backbone, momentum)
-        ema_update(self.target_projector, self.projector, momentum)
-        self.log("train/momentum", momentum, on_step=False, on_epoch=True)
+        """This micro-batch's keys into the queue; the base class moves the key encoder."""
         if self._pending_keys is not None:
             self.queue.enqueue(self._pending_keys)
             self._pending_keys = None

@@ -8,6 +8,11 @@ from typing import Any
 from ..errors import ConfigError
 from .mixing import MIX_MODES
 
+#: where the local term's negatives come from
+NEGATIVES = ("queue", "batch")
+#: which network is ReCo's teacher (see ReCoConfig)
+TEACHERS = ("auto", "ema", "online")
+
 
 @dataclass(frozen=True)
 class ReCoConfig:
@@ -16,6 +21,23 @@ class ReCoConfig:
     ``tau_local=None`` means "the method's own temperature" (0.2 for MoCo v2, and 0.2 for
     BYOL, which has none). ``negatives_size`` is used only by methods without a key queue
     of their own (SimCLR, BYOL, most user methods); MoCo lends its queue.
+
+    ``teacher`` picks the network whose embeddings are the targets of both terms:
+    ``auto`` takes the method's own momentum target where it has one (MoCo, BYOL, a user
+    module that implements ``target_embedding``) and otherwise ReCo's own EMA copy of the
+    online network; ``ema`` always takes ReCo's copy (momentum ``teacher_momentum``, on the
+    method's momentum schedule); ``online`` scores against the online network itself under
+    ``no_grad`` (kept for the ablation: it cost SimCLR 21 kNN points, see RECO.md).
+
+    ``negatives`` picks the local term's negatives: ``queue`` (a FIFO of earlier teacher
+    keys; MoCo lends its own) or ``batch`` (the teacher keys of the other images of this
+    global batch, as SimCLR's own loss does).
+
+    ``warmup_epochs`` raises both weights linearly from 0 to ``w_global`` and ``w_local``
+    over that many (possibly fractional) epochs.
+
+    >>> ReCoConfig(w_local=0.5, negatives="batch").teacher
+    'auto'
     """
 
     w_global: float = 1.0
@@ -27,6 +49,10 @@ class ReCoConfig:
     mix: str = "cutmix"
     bank_size: int = 16384
     negatives_size: int = 16384
+    negatives: str = "queue"
+    teacher: str = "auto"
+    teacher_momentum: float = 0.99
+    warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("tau_student", "tau_teacher", "alpha"):
@@ -40,6 +66,14 @@ class ReCoConfig:
         for name in ("bank_size", "negatives_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"reco.{name}={getattr(self, name)} must be a positive number of embeddings")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"reco.negatives={self.negatives!r} is unknown: choose one of {list(NEGATIVES)}")
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"reco.teacher={self.teacher!r} is unknown: choose one of {list(TEACHERS)}")
+        if not 0.0 <= self.teacher_momentum <= 1.0:
+            raise ConfigError(f"reco.teacher_momentum={self.teacher_momentum} must lie in [0, 1]")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)")
         if self.mix not in MIX_MODES:
             raise ConfigError(f"reco.mix={self.mix!r} is unknown: choose one of {list(MIX_MODES)}")
 

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..methods.losses import info_nce_loss
-
 
 def global_relation_loss(
     student: Tensor, teacher: Tensor, bank: Tensor, tau_student: float = 0.1, tau_teacher: float = 0.04
@@ -41,10 +39,34 @@ def interpolation_target(q1: Tensor, k2_permuted: Tensor, lam: float) -> Tensor:
     return F.normalize(mixed, dim=1)
 
 
-def local_interpolation_loss(mixed: Tensor, target: Tensor, negatives: Tensor, temperature: float) -> Tensor:
-    """InfoNCE of the mixed image's embedding against its interpolation target and a queue.
+def local_interpolation_loss(
+    mixed: Tensor, target: Tensor, negatives: Tensor, temperature: float, exclude: Tensor | None = None
+) -> Tensor:
+    """InfoNCE of the mixed image's embedding against its interpolation target and negatives.
 
     ``cross_entropy([z . t, z . N^T] / tau, 0)``; the target and the negatives are
     detached, so only ``mixed`` (the online embedding of the mixed image) gets gradient.
+    Computed in float32.
+
+    Args:
+        mixed: ``(B, D)`` online embeddings of the mixed images.
+        target: ``(B, D)`` their interpolation targets.
+        negatives: ``(K, D)`` negatives shared by all rows (a queue, or this batch's keys).
+        temperature: softmax temperature, > 0.
+        exclude: optional ``(B, K)`` mask, ``True`` where a negative does not count for a
+            row (with batch negatives: the row's own key and its mixing partner's, which
+            make up its target).
+
+    >>> z = torch.tensor([[1.0, 0.0]]); t = torch.tensor([[1.0, 0.0]])
+    >>> n = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    >>> round(local_interpolation_loss(z, t, n, 1.0, exclude=torch.tensor([[False, True]])).item(), 4)
+    0.3133
     """
-    return info_nce_loss(mixed, target.detach(), negatives.detach(), temperature)
+    mixed = mixed.float()
+    positive_logit = (mixed * target.detach().float()).sum(dim=1, keepdim=True)
+    negative_logits = mixed @ negatives.detach().float().T
+    if exclude is not None:
+        negative_logits = negative_logits.masked_fill(exclude, float("-inf"))
+    logits = torch.cat([positive_logit, negative_logits], dim=1) / temperature
+    labels = torch.zeros(mixed.shape[0], dtype=torch.long, device=mixed.device)
+    return F.cross_entropy(logits, labels)

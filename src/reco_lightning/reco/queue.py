@@ -34,10 +34,32 @@ class FeatureQueue(nn.Module):
         self.register_buffer("features", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("num_enqueued", torch.zeros((), dtype=torch.long))
+        self._full = False
 
     @property
     def size(self) -> int:
         return self.features.shape[0]
+
+    def num_filled(self) -> int:
+        """Rows written so far (at most ``size``). Reads a buffer, so on a GPU it waits for
+        the device, but only until the queue is full: from then on it is known."""
+        if self._full:
+            return self.size
+        filled = min(int(self.num_enqueued), self.size)
+        self._full = filled == self.size
+        return filled
+
+    def filled(self) -> Tensor:
+        """The rows that hold enqueued keys, leaving out the random start-up vectors.
+
+        Writes begin at row 0 and wrap only once the queue is full, so until then the
+        written rows are exactly ``features[:num_filled()]``.
+        """
+        return self.features[: self.num_filled()]
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._full = False  # an earlier, less full state may be loaded
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, gather: bool = True) -> None:

@@ -38,3 +38,45 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
         return base
     progress = min(step / total_steps, 1.0)
     return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def scheduled_momentum(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The momentum at ``step``: ``base`` for ``constant``, :func:`cosine_momentum` for ``cosine``."""
+    if schedule == "cosine":
+        return cosine_momentum(base, step, total_steps)
+    return base
+
+
+class OncePerOptimizerStep(nn.Module):
+    """Says yes once per optimizer step, so an EMA moves once per step, not per micro-batch.
+
+    Lightning's ``on_train_batch_end`` fires after every micro-batch; with
+    ``trainer.accumulate_grad_batches=N`` only every N-th follows an optimizer step, and
+    ``global_step`` counts optimizer steps. :meth:`due` answers yes when ``global_step`` has
+    moved past the last step it answered yes for. That step is saved in checkpoints (as
+    the module's extra state), so a run resumed between micro-batches does not update twice.
+    Without a Trainer (``step=None``, a benchmark driving the module by hand) every call is
+    a step.
+
+    >>> gate = OncePerOptimizerStep()
+    >>> [gate.due(step) for step in (0, 1, 1, 2)]
+    [False, True, False, True]
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_step = 0
+
+    def due(self, step: int | None) -> bool:
+        if step is None:
+            return True
+        if step > self.last_step:
+            self.last_step = step
+            return True
+        return False
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"last_step": self.last_step}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.last_step = int(state["last_step"])
