@@ -40,9 +40,10 @@ swapped every round so neither side always runs second; each step is timed alone
 ``time.perf_counter`` (with ``torch.cuda.synchronize`` around it on a GPU). The table
 gives images/s from the median step time of each side, the ratio of the medians ours /
 lightly (<= 1.0: ours is at least as fast) and the range of the per-round ratios.
-``--check`` also prints the step-0 losses of both sides (equal up to float rounding,
-since weights, queue and inputs are equal), whether the initial weights match and how
-many rows of lightly's MoCo memory bank were written.
+``--check`` also compares the two sides and exits with status 1 if any comparison fails:
+the initial backbone weights must be identical (both use our zero-initialised residual
+blocks), the step-0 losses equal up to float rounding (``CHECK_RTOL``), MoCo's step-0 keys
+equal in our queue and lightly's bank, and lightly's bank must have taken every key.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ else:
 
 NUM_CLASSES = 10
 SGD = dict(lr=0.03, momentum=0.9, weight_decay=1e-4)
+#: --check: largest relative difference of the step-0 losses, and absolute of keys, that passes
+CHECK_RTOL = 1e-4
+CHECK_ATOL_KEYS = 1e-5
 
 #: each method's settings, passed to our class and read by the lightly model alike
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -235,7 +239,10 @@ def build_ours(name: str, args: argparse.Namespace) -> nn.Module:
 def build_lightly(name: str, args: argparse.Namespace) -> LightlyModel:
     """The lightly model, seeded like ours so that its weights (and MoCo's bank) start equal."""
     torch.manual_seed(args.seed)
-    backbone, feature_dim = build_backbone("resnet18", args.width, small_stem=args.image_size <= 64)
+    # the same initialisation as ours (SSLMethod's default zero_init_residual=True), so both
+    # sides start from identical weights
+    backbone, feature_dim = build_backbone("resnet18", args.width, small_stem=args.image_size <= 64,
+                                           zero_init_residual=True)
     settings = SETTINGS[name]
     if name == "moco":
         model: LightlyModel = LightlyMoCo(backbone, feature_dim, args.queue_size, settings)
@@ -293,6 +300,13 @@ class Result:
     ours: list[float] = field(default_factory=list)
     theirs: list[float] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, passed: bool, line: str) -> None:
+        """Record a comparison; a failed one makes ``--check`` exit with status 1."""
+        self.checks.append(f"{'ok' if passed else 'FAILED'}: {line}")
+        if not passed:
+            self.failures.append(line)
 
     def row(self, name: str, batch_size: int) -> str:
         ours, theirs = statistics.median(self.ours), statistics.median(self.theirs)
@@ -316,16 +330,19 @@ def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Resul
     result = Result()
     bank_at_start = theirs.criterion.memory_bank.bank.clone() if args.check and name == "moco" else None
     if args.check:
-        result.checks.append(f"{name}: initial backbone weights, max |ours - lightly| = "
-                             f"{max_difference(ours.backbone, theirs.backbone):.1e}")
+        weights = max_difference(ours.backbone, theirs.backbone)
+        result.check(weights == 0.0, f"{name}: initial backbone weights, max |ours - lightly| = {weights:.1e} (must be 0)")
     first = (run_ours(), run_theirs())  # step 0, the first warm-up step
     if args.check:
         loss_ours, loss_theirs = (float(loss) for loss in first)
-        result.checks.append(f"{name}: step-0 loss (method + probe) ours {loss_ours:.5f}, lightly {loss_theirs:.5f}")
+        relative = abs(loss_ours - loss_theirs) / max(abs(loss_theirs), 1e-12)
+        result.check(relative <= CHECK_RTOL, f"{name}: step-0 loss (method + probe) ours {loss_ours:.5f}, "
+                     f"lightly {loss_theirs:.5f} (relative difference {relative:.1e}, at most {CHECK_RTOL:.0e})")
         if name == "moco":
             written = slice(0, args.batch_size)
             diff = float((ours.queue.features[written] - theirs.criterion.memory_bank.bank[written]).abs().max())
-            result.checks.append(f"moco: step-0 keys written, max |our queue - lightly bank| = {diff:.1e}")
+            result.check(diff <= CHECK_ATOL_KEYS, f"moco: step-0 keys written, max |our queue - lightly bank| = "
+                         f"{diff:.1e} (at most {CHECK_ATOL_KEYS:.0e})")
     for _ in range(args.warmup - 1):
         run_ours()
         run_theirs()
@@ -342,9 +359,11 @@ def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Resul
         bank = theirs.criterion.memory_bank.bank
         changed = int((bank != bank_at_start).any(dim=1).sum())
         steps = args.warmup + args.rounds
-        result.checks.append(
-            f"moco: lightly memory bank rows written {changed}/{bank.shape[0]} (expected "
-            f"{min(steps * args.batch_size, bank.shape[0])}); our queue took {int(ours.queue.num_enqueued)} keys"
+        expected = min(steps * args.batch_size, bank.shape[0])
+        result.check(
+            changed == expected and int(ours.queue.num_enqueued) == steps * args.batch_size,
+            f"moco: lightly memory bank rows written {changed}/{bank.shape[0]} (expected {expected}); "
+            f"our queue took {int(ours.queue.num_enqueued)} keys (expected {steps * args.batch_size})",
         )
     return result
 
@@ -421,10 +440,12 @@ def main() -> None:
     print("\n| method | ours (img/s) | lightly (img/s) | ours / lightly time | per-round range |")
     print("| --- | ---: | ---: | ---: | ---: |")
     checks: list[str] = []
+    failures: list[str] = []
     for name in args.methods:
         result = measure(name, args, batch)
         print(result.row(name, args.batch_size), flush=True)
         checks += result.checks
+        failures += result.failures
     print(f"\nBoth sides train a {feature_dim}x{NUM_CLASSES} linear probe on detached backbone features "
           "(ours in training_step, lightly's as added here). Remaining differences:")
     for line in DIFFERENCES:
@@ -433,6 +454,8 @@ def main() -> None:
         print("\nChecks:")
         for line in checks:
             print(f"- {line}")
+    if failures:
+        sys.exit(f"--check: {len(failures)} comparison(s) failed: the two sides do not compute the same step")
 
 
 if __name__ == "__main__":

@@ -1,95 +1,333 @@
-"""Quality at a fixed budget: each method with ReCo off and on, several seeds.
+"""Quality protocol: does ReCo help, at a budget two CPUs can run?
 
-    python benchmarks/quality.py --root ../shared/data/cifar10            # about 45 minutes on 2 CPUs
+    python benchmarks/quality.py run --cells grid --jobs 2        # the main grid, ~2 h on 2 CPUs
+    python benchmarks/quality.py run --cells ablations --jobs 2   # one seed of each ReCo setting alone
+    python benchmarks/quality.py run --cells equal-time           # ReCo off for as long as ReCo on took
+    python benchmarks/quality.py report                           # tables and docs/img/quality_*.png
 
-Runs Hydra multiruns of the package's own CLI over method x ReCo x seed on an image
-folder (by default the CIFAR-10 subset: 25,000 training and 10,000 test images) and
-prints a Markdown table of the final kNN accuracy on the test images, per run and as the
-mean over seeds. Every run has the same epochs, backbone and batch, so the comparison is
-at equal training length, as in the ReCo paper (ReCo's steps cost more compute).
+The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
+the CIFAR-10 image folder (``../shared/data/cifar10``: 25,000 training images, 10,000 test
+images) and, per cell:
+
+* logs the kNN accuracy (k=200) on the test images after every epoch, and the training wall
+  time so far (``time/train_s``), so curves show when ReCo starts to help or hurt;
+* at the end evaluates the *last* checkpoint with ``python -m reco_lightning.eval`` (kNN top-1
+  and a linear classifier on frozen features);
+* writes ``benchmarks/results/quality/<protocol>/<cell>.json``, which is committed, so a
+  later session goes on with the grid where this one stopped.
+
+Nothing here reads the test labels except these measurements: no checkpoint or setting is
+picked by them. The ablation cells train on 20,000 training images and measure on the other
+5,000 (``--split trainval``, made as a tree of links under ``benchmark_runs/``), so that the
+defaults they choose are chosen without the test set.
+
+Runs resume (``resume=auto`` in their run directory) and run ``--jobs`` at a time, one
+thread each. Training happens in ``benchmark_runs/quality/`` (not committed).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quality"
+RUNS = ROOT / "benchmark_runs" / "quality"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+
+#: Named protocols: overrides shared by every cell. ``cpu16``: 16 px images (the 32 px
+#: CIFAR images resized), ResNet-18 at width 16 with the small-image stem, batch 256, bf16
+#: autocast (1.4x faster than fp32 at this size on these CPUs), 20 epochs.
+PROTOCOLS: dict[str, list[str]] = {
+    "cpu16": [
+        "dataset=imagefolder", "dataset.image_size=16", "backbone.width=16", "dataset.batch_size=256",
+        "trainer.precision=bf16-mixed", "trainer.max_epochs=20", "dataset.num_workers=0",
+        "dataset.pin_memory=false", "trainer.enable_progress_bar=false", "pictures=false",
+    ],
+}
+METHODS = ("moco", "simclr", "byol")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the protocol."""
+
+    name: str
+    method: str
+    reco: bool
+    seed: int = 0
+    overrides: tuple[str, ...] = field(default=())
+    split: str = "test"  # "test": train on train/, measure on test/; "trainval": 20k/5k of train/
+
+    def command(self, protocol: str, root: Path, run_dir: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "reco_lightning", f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}",
+            *PROTOCOLS[protocol], f"dataset.root={root}", f"seed={self.seed}", *self.overrides,
+            f"hydra.run.dir={run_dir}", "resume=auto",
+        ]
+
+
+def grid_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
+    """Each method with ReCo off and on, shipped presets, two seeds."""
+    return [
+        Cell(f"{method}-{'on' if reco else 'off'}-s{seed}", method, reco, seed)
+        for seed in seeds for method in METHODS for reco in (False, True)
+    ]
+
+
+#: Each ReCo setting alone, against the shipped default (seed 0, held-out split).
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "off": (),
+    "default": (),
+    "global-only": ("reco.w_local=0",),
+    "local-only": ("reco.w_global=0",),
+    "warmup-0": ("reco.warmup_epochs=0",),
+    "negatives-queue": ("reco.negatives=queue",),
+    "negatives-batch": ("reco.negatives=batch",),
+    "mixup": ("reco.mix=mixup",),
+}
+
+
+def ablation_cells() -> list[Cell]:
+    cells = []
+    for method in METHODS:
+        settings = dict(ABLATIONS)
+        if method == "simclr":
+            settings["teacher-online"] = ("reco.teacher=online",)
+        for name, overrides in settings.items():
+            cells.append(Cell(f"{method}-abl-{name}", method, name != "off", 0, overrides, split="trainval"))
+    return cells
+
+
+def trainval_root(data: Path) -> Path:
+    """A tree of links: ``train/`` holds the first 2,000 images of each class of
+    ``data/train``, ``val/`` the other 500; the test images are not there at all."""
+    root = ROOT / "benchmark_runs" / "cifar10_trainval"
+    if (root / "done").is_file():
+        return root
+    for class_dir in sorted((data / "train").iterdir()):
+        images = sorted(class_dir.iterdir())
+        for split, chosen in (("train", images[:2000]), ("val", images[2000:])):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for image in chosen:
+                link = target / image.name
+                if not link.exists():
+                    link.symlink_to(image.resolve())
+    (root / "done").write_text("")
+    return root
+
+
+# --------------------------------------------------------------------------- running
+def read_curve(run_dir: Path) -> list[dict[str, float]]:
+    """Per epoch: kNN accuracy and training seconds so far, from the run's metrics.csv."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    knn: dict[int, float] = {}
+    seconds: dict[int, float] = {}
+    for row in rows:
+        epoch = int(row["epoch"]) if row.get("epoch") else None
+        if epoch is None:
+            continue
+        if row.get("val/knn_acc"):
+            knn[epoch] = float(row["val/knn_acc"])
+        if row.get("time/train_s"):
+            seconds[epoch] = float(row["time/train_s"])
+    return [{"epoch": e + 1, "knn": knn[e], "train_s": seconds.get(e)} for e in sorted(knn)]
+
+
+def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
+    """Train (or resume) and evaluate one cell; write and return its result."""
+    result_file = RESULTS / protocol / f"{cell.name}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    root = trainval_root(data) if cell.split == "trainval" else data
+    run_dir = RUNS / protocol / cell.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.time()
+    with open(run_dir / "train.log", "a") as log:
+        subprocess.run(cell.command(protocol, root, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=True, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run_dir}", "map.enabled=false",
+             "progress=false"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT,
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    result = {
+        "cell": cell.name, "protocol": protocol, "protocol_overrides": PROTOCOLS[protocol],
+        "method": cell.method, "reco": cell.reco, "seed": cell.seed, "overrides": list(cell.overrides),
+        "split": cell.split, "epochs": summary["epochs"], "train_time_s": summary["train_time_s"],
+        "knn_random_init": summary["knn_acc_random_init"],
+        "curve": read_curve(run_dir),
+        "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
+        "wall_s_this_session": round(time.time() - started, 1),
+    }
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def equal_time_cells(protocol: str) -> list[Cell]:
+    """ReCo off, seed 0, trained for as many epochs as fit in the time ReCo on took (the
+    grid's mean ratio of training times): accuracy at equal wall time, not equal epochs."""
+    results = load_results(protocol)
+    epochs = int(next(o for o in PROTOCOLS[protocol] if o.startswith("trainer.max_epochs=")).split("=")[1])
+    cells = []
+    for method in METHODS:
+        on = [r["train_time_s"] for r in results.values() if r["cell"].startswith(f"{method}-on-s")]
+        off = [r["train_time_s"] for r in results.values() if r["cell"].startswith(f"{method}-off-s")]
+        if on and off:
+            longer = round(epochs * statistics.mean(on) / statistics.mean(off))
+            cells.append(Cell(f"{method}-off-time-s0", method, False, 0, (f"trainer.max_epochs={longer}",)))
+    return cells
+
+
+def select(cells_arg: str, protocol: str) -> list[Cell]:
+    cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(protocol)}
+    chosen: list[Cell] = []
+    by_name = {c.name: c for group in cells.values() for c in group}
+    for part in cells_arg.split(","):
+        if part in cells:
+            chosen.extend(cells[part])
+        elif part in by_name:
+            chosen.append(by_name[part])
+        else:
+            raise SystemExit(f"--cells: unknown cell or group {part!r}; groups: {sorted(cells)}")
+    return chosen
+
+
+def command_run(args: argparse.Namespace) -> None:
+    cells = select(args.cells, args.protocol)
+    data = Path(args.root).resolve()
+    if not (data / "train").is_dir():
+        raise SystemExit(f"--root {data}: no train/ folder (the CIFAR-10 image folder is ../shared/data/cifar10)")
+
+    def one(cell: Cell) -> None:
+        try:
+            result = run_cell(cell, args.protocol, data)
+            print(f"{cell.name}: kNN {100 * result['final_knn']:.2f}, linear {100 * result['final_linear']:.2f}, "
+                  f"{result['train_time_s']:.0f} s", flush=True)
+        except subprocess.CalledProcessError as error:
+            print(f"{cell.name}: failed ({error}); see {RUNS / args.protocol / cell.name / 'train.log'}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(one, cells))
+
+
+# --------------------------------------------------------------------------- reporting
+def load_results(protocol: str) -> dict[str, dict]:
+    folder = RESULTS / protocol
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def report_grid(results: dict[str, dict]) -> None:
+    print("| method | ReCo | seed | kNN (last epoch) | linear | training time (s) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        if r["split"] == "test" and "-abl-" not in name and "-time-" not in name:
+            print(f"| {r['method']} | {'on' if r['reco'] else 'off'} | {r['seed']} | {pct(r['final_knn'])} | "
+                  f"{pct(r['final_linear'])} | {r['train_time_s']:.0f} |")
+    print()
+    print("| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | off, equal time |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for method in METHODS:
+        off = [r for r in results.values() if r["cell"].startswith(f"{method}-off-s")]
+        on = [r for r in results.values() if r["cell"].startswith(f"{method}-on-s")]
+        if not off or not on:
+            continue
+        mean = lambda rs, key: statistics.mean(r[key] for r in rs)  # noqa: E731
+        time_on, time_off = mean(on, "train_time_s"), mean(off, "train_time_s")
+        longer = results.get(f"{method}-off-time-s0")
+        equal_time = (f"{pct(longer['final_knn'])} ({longer['epochs']} ep, {longer['train_time_s']:.0f} s)"
+                      if longer else "—")
+        print(f"| {method} (seeds {len(off)}/{len(on)}) | {pct(mean(off, 'final_knn'))} | {pct(mean(on, 'final_knn'))} | "
+              f"{100 * (mean(on, 'final_knn') - mean(off, 'final_knn')):+.2f} | {pct(mean(off, 'final_linear'))} | "
+              f"{pct(mean(on, 'final_linear'))} | {time_on / time_off:.2f} | "
+              f"{equal_time} |")
+
+
+def report_ablations(results: dict[str, dict]) -> None:
+    print("| method | setting | overrides | kNN (held-out 5,000) | linear | vs default | training time (s) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for method in METHODS:
+        rows = {name.split("-abl-")[1]: r for name, r in results.items() if name.startswith(f"{method}-abl-")}
+        default = rows.get("default")
+        for setting, r in rows.items():
+            delta = "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
+            print(f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | {pct(r['final_knn'])} | "
+                  f"{pct(r['final_linear'])} | {delta} | {r['train_time_s']:.0f} |")
+
+
+def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for method in METHODS:
+        runs = [r for r in results.values() if r["cell"].startswith((f"{method}-on-s", f"{method}-off-s"))]
+        if not runs:
+            continue
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for r in runs:
+            epochs = [0] + [p["epoch"] for p in r["curve"]]
+            knn = [r["knn_random_init"]] + [p["knn"] for p in r["curve"]]
+            axis.plot(epochs, [100 * v for v in knn], color="tab:red" if r["reco"] else "tab:blue",
+                      linestyle="-" if r["seed"] == 0 else "--",
+                      label=f"ReCo {'on' if r['reco'] else 'off'}, seed {r['seed']}")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("kNN top-1 on the 10,000 test images (%)")
+        axis.set_title(f"{method}: protocol {runs[0]['protocol']}")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out_dir / f"quality_{method}.png", dpi=100)
+        plt.close(figure)
+        print(f"wrote {out_dir / f'quality_{method}.png'}")
+
+
+def command_report(args: argparse.Namespace) -> None:
+    results = load_results(args.protocol)
+    if not results:
+        raise SystemExit(f"no results under {RESULTS / args.protocol} yet: run `quality.py run` first")
+    print(f"# Protocol {args.protocol}: {' '.join(PROTOCOLS[args.protocol])}\n")
+    report_grid(results)
+    print()
+    report_ablations(results)
+    if args.plots:
+        plot_curves(results, ROOT / "docs" / "img")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, help="image folder with train/ and test/ (or val/)")
-    parser.add_argument("--methods", default="moco,simclr,byol")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--width", type=int, default=16, help="ResNet-18 width (64 = torchvision)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--out", default="benchmark_runs/quality", help="sweep directory")
-    parser.add_argument(
-        "--parallel", action="store_true",
-        help="one multirun per seed, all at once, each process on one thread (2 seeds on 2 cores)",
-    )
-    parser.add_argument("--collect-only", action="store_true", help="only tabulate an existing sweep")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train and evaluate cells (skips those with a result file)")
+    run.add_argument("--cells", default="grid", help="grid, ablations, or cell names, comma-separated")
+    run.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    run.add_argument("--root", default=str(DEFAULT_DATA), help="image folder with train/ and test/")
+    run.add_argument("--protocol", default="cpu16", choices=sorted(PROTOCOLS))
+    report = sub.add_parser("report", help="tables of the result files, and the curves")
+    report.add_argument("--protocol", default="cpu16", choices=sorted(PROTOCOLS))
+    report.add_argument("--no-plots", dest="plots", action="store_false")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-
-    if not args.collect_only:
-        def sweep(seeds: str, sweep_dir: Path) -> list[str]:
-            return [
-                sys.executable, "-m", "reco_lightning", "-m",
-                f"+method={args.methods}", "+reco=off,on", f"seed={seeds}",
-                "dataset=imagefolder", f"dataset.root={Path(args.root).resolve()}",
-                f"dataset.batch_size={args.batch_size}", "dataset.num_workers=0", "dataset.pin_memory=false",
-                f"backbone.width={args.width}",
-                f"trainer.max_epochs={args.epochs}", f"trainer.check_val_every_n_epoch={args.epochs}",
-                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
-            ]
-
-        started = time.time()
-        if args.parallel:
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            jobs = []
-            for seed in args.seeds.split(","):
-                command = sweep(seed, out / f"seed{seed}")
-                print("running:", " ".join(command), flush=True)
-                log = open(out.parent / f"{out.name}-seed{seed}.log", "w")
-                jobs.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-            if any(job.wait() for job in jobs):
-                raise SystemExit("a sweep failed: see its log beside the sweep directory")
-        else:
-            command = sweep(args.seeds, out / "all")
-            print("running:", " ".join(command), flush=True)
-            subprocess.run(command, check=True)
-        print(f"sweeps finished in {(time.time() - started) / 60:.1f} min", flush=True)
-
-    results: dict[tuple[str, bool], list[float]] = defaultdict(list)
-    rows = []
-    for summary_file in sorted(out.glob("*/*/summary.json")):
-        summary = json.loads(summary_file.read_text())
-        config = (summary_file.parent / "config.yaml").read_text()
-        seed = next(line.split(":")[1].strip() for line in config.splitlines() if line.startswith("seed:"))
-        results[(summary["method"], summary["reco"])].append(summary["knn_acc"])
-        rows.append((summary["method"], summary["reco"], seed, summary["knn_acc"], summary["train_time_s"]))
-
-    print(f"\n# kNN accuracy (k=200) on the test images after {args.epochs} epochs, "
-          f"ResNet-18 width {args.width}, batch {args.batch_size}\n")
-    print("| method | ReCo | seed | kNN top-1 | training time (s) |")
-    print("| --- | --- | --- | ---: | ---: |")
-    for method, reco, seed, knn, seconds in rows:
-        print(f"| {method} | {'on' if reco else 'off'} | {seed} | {100 * knn:.2f} | {seconds:.0f} |")
-    print("\n| method | ReCo off (mean) | ReCo on (mean) | difference |")
-    print("| --- | ---: | ---: | ---: |")
-    for method in args.methods.split(","):
-        off, on = results.get((method, False)), results.get((method, True))
-        if off and on:
-            mean_off, mean_on = statistics.mean(off), statistics.mean(on)
-            print(f"| {method} | {100 * mean_off:.2f} | {100 * mean_on:.2f} | {100 * (mean_on - mean_off):+.2f} |")
+    {"run": command_run, "report": command_report}[args.command](args)
 
 
 if __name__ == "__main__":
