@@ -25,7 +25,7 @@ from reco_lightning import BYOL, MoCo, SimCLR
 METHODS = {
     "moco": (MoCo, {"symmetric": False}, 2.0),
     "moco-symmetric": (MoCo, {"symmetric": True}, 1.5),
-    "simclr": (SimCLR, {}, 5 / 3),
+    "simclr": (SimCLR, {}, 11 / 6),  # EMA teacher: weak and v2 target passes, mixed online pass
     "byol": (BYOL, {}, 1.5),
 }
 

@@ -348,7 +348,7 @@ def test_warmup_weights_follow_the_schedule(monkeypatch):
         step["now"] = now
         w_global, w_local = model.reco_weights()
         assert w_global == pytest.approx(2.0 * scale) and w_local == pytest.approx(0.5 * scale), now
-    no_warmup = WithTarget({"bank_size": 16, "w_global": 2.0})
+    no_warmup = WithTarget({"bank_size": 16, "w_global": 2.0, "warmup_epochs": 0})
     monkeypatch.setattr(type(no_warmup), "_optimizer_steps", lambda self: (0, 100, 10))
     assert no_warmup.reco_weights() == (2.0, 1.0)
 

@@ -27,7 +27,8 @@ def logged_values(rows: list[dict[str, str]], key: str) -> list[float]:
 @pytest.mark.parametrize("reco", ["off", "on"])
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, method, reco):
-    cfg = compose_config(f"+method={method}", f"+reco={reco}", *tiny, "trainer.log_every_n_steps=1")
+    no_warmup = ["reco.warmup_epochs=0"] if reco == "on" else []
+    cfg = compose_config(f"+method={method}", f"+reco={reco}", *tiny, "trainer.log_every_n_steps=1", *no_warmup)
     summary = train(cfg, tmp_path)
 
     assert summary["steps"] == 3
@@ -185,3 +186,12 @@ def test_training_clock_logs_growing_training_time(compose_config, tiny, tmp_pat
     train(cfg, tmp_path)
     seconds = logged_values(read_metrics(tmp_path), "time/train_s")
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
+
+
+def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
+    """Warm-up over one epoch of 3 steps: effective weights 0, 1/3, 2/3 (epoch mean 1/3)."""
+    cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "reco.w_local=0.5")
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert logged_values(rows, "train/reco_w_global") == [pytest.approx(1 / 3)]
+    assert logged_values(rows, "train/reco_w_local") == [pytest.approx(0.5 / 3)]

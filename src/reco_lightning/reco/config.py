@@ -52,7 +52,7 @@ class ReCoConfig:
     negatives: str = "queue"
     teacher: str = "auto"
     teacher_momentum: float = 0.99
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("tau_student", "tau_teacher", "alpha"):

@@ -23,6 +23,7 @@ weak views.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -173,8 +174,12 @@ class ReCoMixin:
         if trainer is None:
             return None, 0, 0
         total = max(int(trainer.estimated_stepping_batches), 1)
-        epochs = max(int(trainer.max_epochs or 1), 1)
-        return int(trainer.global_step), total, max(total // epochs, 1)
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            per_epoch = max(int(batches) // max(int(trainer.accumulate_grad_batches), 1), 1)
+        else:  # an iterable dataset of unknown length: spread the run's steps over its epochs
+            per_epoch = max(total // max(int(trainer.max_epochs or 1), 1), 1)
+        return int(trainer.global_step), total, per_epoch
 
     def reco_weights(self) -> tuple[float, float]:
         """``(w_global, w_local)`` now: raised linearly from 0 over ``reco.warmup_epochs``."""
