@@ -3,6 +3,7 @@
     python benchmarks/quality.py run --cells grid --jobs 2        # the main grid, ~2 h on 2 CPUs
     python benchmarks/quality.py run --cells ablations --jobs 2   # one seed of each ReCo setting alone
     python benchmarks/quality.py run --cells equal-time           # ReCo off for as long as ReCo on took
+    python benchmarks/quality.py run --cells baselines            # plain methods from lightly's parts
     python benchmarks/quality.py report                           # tables and docs/img/quality_*.png
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
@@ -43,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
 RUNS = ROOT / "benchmark_runs" / "quality"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10"
+#: a Python with reco_lightning and lightly (see benchmarks/peers.py), for the baseline cells
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 #: Named protocols: overrides shared by every cell. ``cpu16``: 16 px images (the 32 px
 #: CIFAR images resized), ResNet-18 at width 16 with the small-image stem, batch 256, bf16
@@ -67,10 +70,13 @@ class Cell:
     seed: int = 0
     overrides: tuple[str, ...] = field(default=())
     split: str = "test"  # "test": train on train/, measure on test/; "trainval": 20k/5k of train/
+    peer: bool = False  # the plain method built from lightly's parts (benchmarks/peer_quality.py)
 
     def command(self, protocol: str, root: Path, run_dir: Path) -> list[str]:
+        program = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peer_quality.py")] if self.peer else \
+            [sys.executable, "-m", "reco_lightning"]
         return [
-            sys.executable, "-m", "reco_lightning", f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}",
+            *program, f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}",
             *PROTOCOLS[protocol], f"dataset.root={root}", f"seed={self.seed}", *self.overrides,
             f"hydra.run.dir={run_dir}", "resume=auto",
         ]
@@ -95,6 +101,11 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "negatives-batch": ("reco.negatives=batch",),
     "mixup": ("reco.mix=mixup",),
 }
+
+
+def baseline_cells() -> list[Cell]:
+    """Each plain method built from lightly's parts, through our job (seed 0)."""
+    return [Cell(f"{method}-lightly-s0", method, False, 0, peer=True) for method in METHODS]
 
 
 def ablation_cells() -> list[Cell]:
@@ -168,7 +179,7 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
     result = {
         "cell": cell.name, "protocol": protocol, "protocol_overrides": PROTOCOLS[protocol],
         "method": cell.method, "reco": cell.reco, "seed": cell.seed, "overrides": list(cell.overrides),
-        "split": cell.split, "epochs": summary["epochs"], "train_time_s": summary["train_time_s"],
+        "split": cell.split, "peer": "lightly" if cell.peer else None, "epochs": summary["epochs"], "train_time_s": summary["train_time_s"],
         "knn_random_init": summary["knn_acc_random_init"],
         "curve": read_curve(run_dir),
         "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
@@ -195,7 +206,8 @@ def equal_time_cells(protocol: str) -> list[Cell]:
 
 
 def select(cells_arg: str, protocol: str) -> list[Cell]:
-    cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(protocol)}
+    cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(protocol),
+             "baselines": baseline_cells()}
     chosen: list[Cell] = []
     by_name = {c.name: c for group in cells.values() for c in group}
     for part in cells_arg.split(","):
@@ -262,6 +274,19 @@ def report_grid(results: dict[str, dict]) -> None:
               f"{equal_time} |")
 
 
+def report_baselines(results: dict[str, dict]) -> None:
+    print("| method | ours, ReCo off (seed 0) | lightly's parts, same job (seed 0) | ours - lightly | seed 0 - seed 1 (ours) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for method in METHODS:
+        ours, peer = results.get(f"{method}-off-s0"), results.get(f"{method}-lightly-s0")
+        if not ours or not peer:
+            continue
+        other = results.get(f"{method}-off-s1")
+        spread = f"{100 * (ours['final_knn'] - other['final_knn']):+.2f}" if other else "—"
+        print(f"| {method} | {pct(ours['final_knn'])} | {pct(peer['final_knn'])} | "
+              f"{100 * (ours['final_knn'] - peer['final_knn']):+.2f} | {spread} |")
+
+
 def report_ablations(results: dict[str, dict]) -> None:
     print("| method | setting | overrides | kNN (held-out 5,000) | linear | vs default | training time (s) |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
@@ -309,6 +334,8 @@ def command_report(args: argparse.Namespace) -> None:
         raise SystemExit(f"no results under {RESULTS / args.protocol} yet: run `quality.py run` first")
     print(f"# Protocol {args.protocol}: {' '.join(PROTOCOLS[args.protocol])}\n")
     report_grid(results)
+    print()
+    report_baselines(results)
     print()
     report_ablations(results)
     if args.plots:
