@@ -15,10 +15,10 @@ Queue rows that were never written (the random vectors a queue starts with) are 
 of both terms; a term with fewer written rows than one global batch is skipped for that
 step (logged as ``train/reco_global_skipped`` / ``train/reco_local_skipped``).
 
-The extra passes (the weak view through the target, the mixed batch through the online
+The extra passes (the weak view through the teacher, the mixed batch through the online
 network) run in train mode, so they update BatchNorm running statistics like any other
-forward pass; for methods whose target is the online network (SimCLR) that includes the
-weak views.
+forward pass; with ReCo's own EMA teacher those are the teacher's, which each EMA update
+then overwrites with the online network's, as for MoCo's and BYOL's targets.
 """
 
 from __future__ import annotations
@@ -173,10 +173,11 @@ class ReCoMixin:
         trainer = self._trainer_or_none()
         if trainer is None:
             return None, 0, 0
-        total = max(int(trainer.estimated_stepping_batches), 1)
+        estimated = trainer.estimated_stepping_batches
+        total = max(int(estimated), 1) if math.isfinite(estimated) else 0
         batches = trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:
-            per_epoch = max(int(batches) // max(int(trainer.accumulate_grad_batches), 1), 1)
+            per_epoch = math.ceil(batches / max(int(trainer.accumulate_grad_batches), 1))
         else:  # an iterable dataset of unknown length: spread the run's steps over its epochs
             per_epoch = max(total // max(int(trainer.max_epochs or 1), 1), 1)
         return int(trainer.global_step), total, per_epoch
