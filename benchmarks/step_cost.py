@@ -46,7 +46,7 @@ def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
     return model.to(args.device)
 
 
-def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str) -> list[float]:
+def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str, precision: str = "32") -> list[float]:
     """Seconds per full step: forward, backward, optimizer step, the method's after-step hook."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
@@ -56,7 +56,8 @@ def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str) -> 
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = model.training_step(batch, 0)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model.training_step(batch, 0)
         loss.backward()
         optimizer.step()
         model.on_train_batch_end(None, batch, 0)
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16"],
+                        help="bf16: the step under bf16 autocast, as trainer.precision=bf16-mixed")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
     torch.manual_seed(0)
@@ -87,17 +90,17 @@ def main() -> None:
         "label": torch.randint(0, 10, (args.batch_size,), device=args.device),
     }
     print(f"# step cost: {args.backbone} width {args.width}, batch {args.batch_size}, "
-          f"{args.image_size} px, {args.device}, {torch.get_num_threads()} threads")
+          f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads")
     print("| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.methods:
         models = {reco: build(name, reco, args) for reco in (False, True)}
         for model in models.values():  # warm-up: allocator, first-call overheads
-            time_steps(model, batch, 2, args.device)
+            time_steps(model, batch, 2, args.device, args.precision)
         samples: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for reco, model in models.items():
-                samples[reco] += time_steps(model, batch, args.steps, args.device)
+                samples[reco] += time_steps(model, batch, args.steps, args.device, args.precision)
         off, on = (statistics.median(samples[r]) for r in (False, True))
         floor = METHODS[name][2]
         ratio = on / off
