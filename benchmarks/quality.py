@@ -37,7 +37,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +150,15 @@ def trainval_root(data: Path) -> Path:
 
 # --------------------------------------------------------------------------- running
 def read_curve(run_dir: Path) -> list[dict[str, float]]:
-    """Per epoch: kNN accuracy and training seconds so far, from the run's metrics.csv."""
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    """Per epoch: kNN accuracy and training seconds so far (``time/train_s``, which a resumed
+    run carries on), from the run's metrics files, oldest first, so that an epoch that was
+    run again after a resume takes its newer value."""
+    parts = sorted(run_dir.glob("metrics-*.csv"), key=lambda path: int(path.stem.split("-")[1]))
+    rows = []
+    for path in [*parts, run_dir / "metrics.csv"]:
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows += list(csv.DictReader(handle))
     knn: dict[int, float] = {}
     seconds: dict[int, float] = {}
     for row in rows:
@@ -176,7 +181,10 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
     run_dir = RUNS / protocol / cell.name
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    started = time.time()
+    # Lightning's CSV logger starts metrics.csv afresh on a resume: keep the earlier part
+    if (run_dir / "metrics.csv").is_file():
+        parts = len(list(run_dir.glob("metrics-*.csv")))
+        (run_dir / "metrics.csv").rename(run_dir / f"metrics-{parts}.csv")
     with open(run_dir / "train.log", "a") as log:
         subprocess.run(cell.command(protocol, root, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True, cwd=ROOT)
@@ -186,15 +194,16 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
             env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT,
         )
     summary = json.loads((run_dir / "summary.json").read_text())
+    curve = read_curve(run_dir)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     result = {
         "cell": cell.name, "protocol": protocol, "protocol_overrides": PROTOCOLS[protocol],
         "method": cell.method, "reco": cell.reco, "seed": cell.seed, "overrides": list(cell.overrides),
-        "split": cell.split, "peer": "lightly" if cell.peer else None, "epochs": summary["epochs"], "train_time_s": summary["train_time_s"],
-        "knn_random_init": summary["knn_acc_random_init"],
-        "curve": read_curve(run_dir),
+        "split": cell.split, "peer": "lightly" if cell.peer else None, "epochs": summary["epochs"],
+        # training seconds without the kNN monitoring, summed over every resume
+        "train_time_s": round(curve[-1]["train_s"], 1), "fit_wall_s_last_session": summary["train_time_s"],
+        "knn_random_init": summary["knn_acc_random_init"], "curve": curve,
         "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
-        "wall_s_this_session": round(time.time() - started, 1),
     }
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=2) + "\n")
