@@ -94,10 +94,8 @@ def test_ema_teacher_moves_once_per_optimizer_step_with_accumulation(tmp_path):
     after_steps: list[dict[str, torch.Tensor]] = []
 
     class RecordOnlineAfterStep(L.Callback):
-        def on_before_zero_grad(self, trainer, pl_module, optimizer):
-            # runs before the *next* step's zero_grad; we want weights after each step, so
-            # record them at batch end of the stepping micro-batches instead
-            pass
+        """The online weights after each optimizer step (callbacks run before the module's
+        on_train_batch_end, where the teacher moves)."""
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if (batch_idx + 1) % 2 == 0:
