@@ -58,7 +58,8 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "kNN (k=200, T=0.1)" in done.stdout and "neighbour purity" in done.stdout
+    # the run's kNN settings (the digits preset's k=20), as in its summary.json
+    assert "kNN (k=20, T=0.1)" in done.stdout and "neighbour purity" in done.stdout
     result = json.loads((run / "eval.json").read_text())
     assert result["dataset"] == "digits" and result["num_val"] == 360  # the run's dataset, all of val
     assert 0 <= result["knn"]["top1"] <= result["knn"]["top5"] <= 1

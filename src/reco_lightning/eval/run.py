@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoints import read_checkpoint
 from ..config_checks import as_dict
 from ..errors import ConfigError
 from ..models import build_backbone
@@ -29,7 +30,18 @@ from .linear import LinearProtocol, linear_evaluation, topk_accuracy
 from .plots import feature_map, training_curves
 
 
+#: the kNN settings of ``conf/config.yaml``, for a run whose own are unknown
+DEFAULT_KNN = {"k": 200, "temperature": 0.1}
+
+
 def resolve_checkpoint(value: Any) -> Path:
+    """The ``.ckpt`` file that ``checkpoint=`` names (a file, or a run directory's last.ckpt)."""
+    if value is None or str(value).strip() in {"", "???"}:
+        raise ConfigError(
+            "checkpoint is not set: pass the checkpoint to evaluate, e.g. "
+            "python -m reco_lightning.eval checkpoint=outputs/DATE/TIME (a run directory: its "
+            "checkpoints/last.ckpt) or checkpoint=RUN/checkpoints/best-....ckpt"
+        )
     path = Path(str(value)).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
@@ -48,9 +60,9 @@ def run_directory(checkpoint: Path) -> Path:
 
 def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained backbone of a reco_lightning checkpoint, and the run's hyperparameters."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = state.get("hyper_parameters", {})
-    if "backbone" not in hparams or "state_dict" not in state:
+    state = read_checkpoint(checkpoint)  # a one-line ConfigError for truncated or foreign files
+    hparams = state["hyper_parameters"]
+    if "backbone" not in hparams:
         raise ConfigError(f"checkpoint={checkpoint} is not a reco_lightning training checkpoint")
     backbone, _ = build_backbone(hparams["backbone"], hparams["backbone_width"], hparams["small_stem"])
     weights = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
@@ -58,10 +70,48 @@ def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return backbone.eval(), hparams
 
 
-def _dataset_settings(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], int]:
+def _run_config(run_dir: Path) -> DictConfig | None:
+    """The run's resolved ``config.yaml`` (written by training), or None when absent."""
+    path = run_dir / "config.yaml"
+    return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
+
+
+def knn_settings(
+    cfg: DictConfig, run_config: DictConfig | None, hparams: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """``knn.k`` and ``knn.temperature`` for the evaluation, and where each came from.
+
+    The command line wins; otherwise the run's own value, so that ``eval`` reproduces the
+    kNN accuracy of the run's ``summary.json`` (a dataset preset may change it: digits uses
+    k=20); the run's ``config.yaml`` first, then the checkpoint's hyperparameters
+    (``knn_k``), and :data:`DEFAULT_KNN` when neither knows it.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    given = cfg.get("knn") or {}
+    run_knn = run_config.get("knn") if run_config is not None else None
+    for key, cast in (("k", int), ("temperature", float)):
+        if given.get(key) is not None:
+            values[key], sources[key] = given[key], "the command line"
+        elif run_knn is not None and run_knn.get(key) is not None:
+            values[key], sources[key] = run_knn[key], "the run's config.yaml"
+        elif hparams.get(f"knn_{key}") is not None:
+            values[key], sources[key] = hparams[f"knn_{key}"], "the checkpoint's hyperparameters"
+        else:
+            values[key], sources[key] = DEFAULT_KNN[key], "the default"
+        try:
+            values[key] = cast(values[key])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"knn.{key}={values[key]!r} (from {sources[key]}) is not a number: set knn.{key}"
+            ) from None
+        if values[key] <= 0:
+            raise ConfigError(f"knn.{key}={values[key]} (from {sources[key]}) must be positive: set knn.{key}")
+    return values, sources
+
+
+def _dataset_settings(cfg: DictConfig, run_dir: Path, run_config: DictConfig | None) -> tuple[dict[str, Any], int]:
     """The dataset settings and the seed of its train/val split (the run's, when known)."""
-    run_config_path = run_dir / "config.yaml"
-    run_config = OmegaConf.load(run_config_path) if run_config_path.is_file() else None
     seed = int(run_config.seed) if run_config is not None and "seed" in run_config else int(cfg.seed)
     if cfg.get("dataset") is not None:
         return as_dict(cfg.dataset, "dataset"), seed
@@ -83,14 +133,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns (and writes) the contents of ``eval.json``."""
     from ..data import SSLDataModule
 
-    checkpoint = resolve_checkpoint(cfg.checkpoint)
+    checkpoint = resolve_checkpoint(cfg.checkpoint if not OmegaConf.is_missing(cfg, "checkpoint") else None)
     run_dir = run_directory(checkpoint)
     output_dir = Path(cfg.output_dir) if cfg.get("output_dir") else run_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     backbone, hparams = load_backbone(checkpoint)
-    settings, split_seed = _dataset_settings(cfg, run_dir)
+    run_config = _run_config(run_dir)
+    knn, knn_sources = knn_settings(cfg, run_config, hparams)
+    settings, split_seed = _dataset_settings(cfg, run_dir, run_config)
     settings.pop("queue_size", None)
+    # Evaluation trains nothing, so the training batch and its check (a batch must fit in the
+    # training split) do not apply: a small folder can be evaluated. The loaders here use
+    # the evaluation batch, which defaults to the training one.
+    if settings.get("eval_batch_size") is None and settings.get("batch_size") is not None:
+        settings["eval_batch_size"] = settings["batch_size"]
+    settings["batch_size"] = 1
     datamodule = SSLDataModule(**settings, seed=split_seed)
     device = _device(cfg.device)
     bank_loader, val_loader = datamodule.val_dataloader()
@@ -100,15 +158,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     root = settings.get("root")
     dataset_label = f"{datamodule.name} ({Path(str(root)).name})" if root else datamodule.name
 
-    scores = weighted_knn_scores(train_x, train_y, val_x, classes, cfg.knn.k, cfg.knn.temperature)
+    scores = weighted_knn_scores(train_x, train_y, val_x, classes, knn["k"], knn["temperature"])
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "dataset": dataset_label,
         "num_train": int(train_y.shape[0]),
         "num_val": int(val_y.shape[0]),
         "knn": {
-            "k": int(cfg.knn.k),
-            "temperature": float(cfg.knn.temperature),
+            "k": knn["k"],
+            "temperature": knn["temperature"],
+            "settings_from": knn_sources,  # e.g. {"k": "the command line", ...}
             "top1": topk_accuracy(scores, val_y, 1),
             "top5": topk_accuracy(scores, val_y, 5),
         },
@@ -170,6 +229,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['num_val']} evaluated",
         f"{'kNN (k=%d, T=%g)' % (knn['k'], knn['temperature']):<28}top-1 {pct(knn['top1'])}   top-5 {pct(knn['top5'])}",
     ]
+    if "settings_from" in knn:
+        sources = knn["settings_from"]
+        lines.append(f"   kNN k from {sources['k']}, temperature from {sources['temperature']}")
     if "linear" in result:
         linear = result["linear"]
         epochs = linear["protocol"]["epochs"]
@@ -185,4 +247,4 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate", "format_table", "load_backbone", "resolve_checkpoint"]
+__all__ = ["DEFAULT_KNN", "evaluate", "format_table", "knn_settings", "load_backbone", "resolve_checkpoint"]

@@ -8,7 +8,11 @@ method's own loss from two strong views), :meth:`online_embedding` and
 
 from __future__ import annotations
 
+import os
+
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +35,63 @@ from ..utils.rng import rng_states, set_rng_states
 DIAGNOSTIC_SAMPLES = 5000
 #: validation images whose two strong views give the per-epoch alignment
 ALIGNMENT_IMAGES = 256
+#: the checkpoint entry where :meth:`SSLMethod.on_save_checkpoint` records which method
+#: (its ``+method=`` name) wrote the checkpoint
+METHOD_KEY = "reco_lightning_method"
+
+
+def method_name(cls: type) -> str:
+    """The ``+method=`` name of ``cls`` (``moco`` for MoCo and its subclasses); the class's
+    own name for a method outside the registry."""
+    from . import METHODS
+
+    for klass in cls.__mro__:
+        for name, registered in METHODS.items():
+            if klass is registered:
+                return name
+    return cls.__name__
+
+
+def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
+    """The ``+method=`` name of the method that wrote ``checkpoint``, or None if unknown.
+
+    Checkpoints record it (:data:`METHOD_KEY`). For those written before they did, it is
+    the registered method whose arguments the saved hyperparameters are: all of them
+    accepted, and all of the method's own saved (``save_hyperparameters`` keeps defaults
+    too). A checkpoint of a method outside the registry fits none and gives None, so the
+    check is skipped rather than wrong.
+    """
+    recorded = checkpoint.get(METHOD_KEY)
+    if isinstance(recorded, str):
+        return recorded
+    from ..config_checks import accepted_arguments
+    from . import METHODS
+
+    saved = set(checkpoint.get("hyper_parameters") or {})
+    shared = accepted_arguments(SSLMethod)
+    fits = [
+        name for name, cls in METHODS.items()
+        if saved <= accepted_arguments(cls) and accepted_arguments(cls) - shared <= saved
+    ]
+    return fits[0] if len(fits) == 1 else None
+
+
+def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether ``checkpoint``'s weights hold ReCo's state (its relation bank, which every
+    ReCo-on module has): the weights say it even when ``load_from_checkpoint``'s keyword
+    arguments have overridden the saved ``reco`` hyperparameter."""
+    return any(key.startswith("relation_bank.") for key in checkpoint.get("state_dict", {}))
+
+
+def _describe(method: str | None, reco: bool) -> str:
+    """``MoCo with ReCo on (+method=moco +reco=on)``, for the messages below."""
+    from . import METHODS
+
+    switch = "on" if reco else "off"
+    if method is None:
+        return f"a model with ReCo {switch} (+reco={switch})"
+    label = METHODS[method].__name__ if method in METHODS else method
+    return f"{label} with ReCo {switch} (+method={method} +reco={switch})"
 
 
 @dataclass
@@ -214,12 +275,25 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             return
         bad = [f"{name} = {float(value.detach()):g}" for name, value in terms.items() if not torch.isfinite(value.detach())]
         where = ", ".join(bad) or "a term on another rank"
+        fixes = "lower optimizer.lr, raise optimizer.warmup_epochs or try trainer.precision=32-true"
+        last = self._last_checkpoint()
+        if last is None:
+            kept = f"no checkpoint had been written yet, so start the run again: {fixes}"
+        else:
+            kept = f"{last} (written before this step) is kept: {fixes}, then continue with resume={last}"
         raise NonFiniteLossError(
             f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}, "
-            f"batch {batch_idx}): {where}. Training stopped; the last checkpoint written before this "
-            "step is kept. Lower optimizer.lr, raise optimizer.warmup_epochs or try trainer.precision=32-true, "
-            "then resume from that checkpoint with resume=PATH"
+            f"batch {batch_idx}): {where}. Training stopped; {kept}"
         )
+
+    def _last_checkpoint(self) -> str | None:
+        """The run's ``last.ckpt`` if one has been written (for messages that point to it)."""
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        dirpath = getattr(callback, "dirpath", None)
+        if dirpath is None:
+            return None
+        last = os.path.join(dirpath, "last.ckpt")
+        return last if os.path.isfile(last) else None
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups for everything but the online probe: weights,
@@ -320,11 +394,68 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             features, labels = features[keep], labels[keep]
         return features, labels
 
-    # -- resume: random state -------------------------------------------------------------
+    # -- checkpoints: which method wrote them, random state ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the RNG states, so a resumed run draws the same ReCo mixing as the original."""
+        """Record the method (so a load into another can be refused with a message) and the
+        RNG states (so a resumed run draws the same ReCo mixing as the original)."""
+        checkpoint[METHOD_KEY] = method_name(type(self))
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another method or ReCo setting, then restore the RNG states.
+
+        Lightning calls this before loading the weights, both in :meth:`load_from_checkpoint`
+        and when a Trainer resumes with ``ckpt_path``, so the user reads which method and
+        ReCo setting the checkpoint holds instead of a list of missing and unexpected keys.
+        """
+        self.check_checkpoint_fits(checkpoint)
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+
+    def check_checkpoint_fits(self, checkpoint: Mapping[str, Any]) -> None:
+        """ConfigError naming both sides when ``checkpoint`` was written by another method
+        or with the other ReCo setting than this module's."""
+        theirs, their_reco = checkpoint_method(checkpoint), checkpoint_has_reco(checkpoint)
+        ours = method_name(type(self))
+        if (theirs is None or theirs == ours) and their_reco == self.reco_enabled:
+            return
+        raise ConfigError(_mismatch_message(theirs, their_reco, _describe(ours, self.reco_enabled)))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> SSLMethod:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, with one-line errors that name the file.
+
+        :meth:`on_load_checkpoint` refuses another method's checkpoint or the other ReCo
+        setting; this adds the file's name, and catches the one mismatch that fails
+        earlier, while the module is built: hyperparameters of another method that this
+        class does not take (a MoCo checkpoint's ``queue_size`` given to SimCLR).
+        """
+        where = f"{checkpoint_path}: " if isinstance(checkpoint_path, (str, Path)) else ""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except ConfigError as error:
+            raise ConfigError(f"{where}{error}") from None
+        except TypeError:
+            if not where:
+                raise
+            from ..checkpoints import read_checkpoint
+
+            checkpoint = read_checkpoint(checkpoint_path)
+            theirs = checkpoint_method(checkpoint)
+            if theirs is None or theirs == method_name(cls):
+                raise
+            message = _mismatch_message(theirs, checkpoint_has_reco(checkpoint), cls.__name__)
+            raise ConfigError(f"{where}{message}") from None
+
+
+def _mismatch_message(method: str | None, reco: bool, loaded_into: str) -> str:
+    """One line: what the checkpoint holds, what it was loaded into, and the two fixes."""
+    from . import METHODS
+
+    switch = "on" if reco else "off"
+    fix = f"resume it with the run's +reco={switch}"
+    if method is not None:
+        fix = f"resume it with the run's +method={method} +reco={switch}"
+        if method in METHODS:
+            fix += f", or load it with {METHODS[method].__name__}.load_from_checkpoint(path)"
+    return f"the checkpoint holds {_describe(method, reco)}, but it is being loaded into {loaded_into}: {fix}"

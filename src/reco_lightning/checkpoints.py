@@ -1,0 +1,76 @@
+"""Reading checkpoints with an error a user can act on.
+
+An interrupted copy or a full disk leaves a truncated ``.ckpt``; ``torch.load`` then fails
+deep inside its zip or pickle reader with a message that does not name the file
+(``PytorchStreamReader failed reading zip archive``, ``Invalid argument``, ``Ran out of
+input``...). :func:`read_checkpoint` turns every such failure into one
+:class:`~reco_lightning.errors.ConfigError` that names the file and suggests another
+checkpoint of the same run, and checks that what it read is a Lightning training
+checkpoint at all. ``python -m reco_lightning.eval`` reads its checkpoint through it;
+resuming a run can too.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+#: what ``torch.load`` raises for a truncated, corrupt or non-checkpoint file: the zip
+#: reader's RuntimeError, OSError (Errno 22 on a cut-off zip header), EOFError on an empty
+#: file, UnpicklingError/ValueError on bytes that are no pickle at all
+UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile)
+
+#: the keys every Lightning training checkpoint of a module with saved hyperparameters has
+REQUIRED_KEYS = ("state_dict", "hyper_parameters")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of the training checkpoint at ``path``, on the CPU.
+
+    Raises:
+        ConfigError: the file cannot be unpickled (truncated, corrupt, not a checkpoint),
+            or it holds something other than a Lightning checkpoint with ``state_dict``
+            and ``hyper_parameters``. The message is one line naming the file.
+    """
+    path = Path(path)
+    try:
+        # weights_only=False: Lightning checkpoints hold plain Python objects (hparams,
+        # loop state) besides tensors; only read checkpoints you trust.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE as error:
+        reason = " ".join(str(error).split()).split(". ")[0][:120]  # torch's first sentence is the gist
+        raise ConfigError(
+            f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); it may "
+            f"have been truncated by an interrupted copy or write: use another checkpoint{_alternatives(path)}"
+        ) from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        what = f"a dict without {' and '.join(repr(k) for k in missing)}" if isinstance(state, dict) else (
+            f"a {type(state).__name__}"
+        )
+        raise ConfigError(
+            f"checkpoint {path} holds {what}, not a reco_lightning training checkpoint: pass a .ckpt "
+            f"that training wrote (RUN/checkpoints/last.ckpt or best-*.ckpt){_alternatives(path)}"
+        )
+    return state
+
+
+def _alternatives(path: Path) -> str:
+    """``, e.g. best-x.ckpt beside it`` naming the other checkpoints in ``path``'s folder."""
+    try:
+        others = sorted(p.name for p in path.parent.glob("*.ckpt") if p.name != path.name)
+    except OSError:
+        return ""
+    if not others:
+        return ", e.g. a best-*.ckpt of the same run"
+    best = [name for name in others if name.startswith("best-")] or others
+    return f", e.g. {best[-1]} beside it"
+
+
+__all__ = ["read_checkpoint"]
