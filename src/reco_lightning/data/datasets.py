@@ -15,6 +15,9 @@ Supported names (``dataset.name``):
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,11 @@ IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
 #: own size (CIFAR-like data) and resizes anything larger to the ImageNet default 224.
 SMALL_IMAGE_MAX = 64
 LARGE_IMAGE_SIZE = 224
+#: ``imagefolder`` with ``image_size=None`` reads the headers of at most this many training
+#: images, spread evenly over the sorted file list, to infer the size (see
+#: :func:`infer_image_size`): enough that a few stray files cannot decide it, few enough that
+#: start-up stays instant on a network drive.
+SIZE_SAMPLE = 256
 
 
 @dataclass
@@ -237,6 +245,93 @@ class ImageFolderSplit(ImageFolder):
         return fixed, dict(self._fixed_classes)
 
 
+def _training_size(width: int, height: int) -> int:
+    """The side length one image of ``width x height`` pixels asks to be trained at.
+
+    The shorter side, because the views resize the shorter side and crop a square (a 20x24
+    image trains at 20 px without upsampling); sides above :data:`SMALL_IMAGE_MAX` map to
+    :data:`LARGE_IMAGE_SIZE`, so photos of many sizes all agree on the ImageNet default.
+    """
+    short = min(width, height)
+    return short if short <= SMALL_IMAGE_MAX else LARGE_IMAGE_SIZE
+
+
+def _evenly_spaced(count: int, limit: int) -> list[int]:
+    """``min(count, limit)`` distinct indices spread evenly over ``range(count)``, from 0.
+
+    Evenly spaced rather than the first files: the sorted list is grouped by class, so the
+    head of it would sample one class (and whatever oddly named file sorts first) only.
+    """
+    taken = min(count, limit)
+    return [index * count // taken for index in range(taken)]
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process reports: every DDP rank builds the data, one should talk."""
+    # imported here, not at the top: the data package stays importable on its own, with no
+    # cycle should launch (which drives training) ever import the data package
+    from reco_lightning.launch import global_rank_from_environment
+
+    return global_rank_from_environment() == 0
+
+
+def infer_image_size(paths: Sequence[str], limit: int = SIZE_SAMPLE) -> int:
+    """Infer the training image size of an image folder from a sample of its files.
+
+    Why a sample and a vote: deciding from one file let a single stray image (a 1x1
+    tracking pixel that sorted first) train a whole run at 1 px. The headers of up to
+    ``limit`` files, spread evenly over ``paths`` (the sorted training files), are read --
+    ``Image.open(...).size`` parses the header only and decodes no pixels, so this is quick.
+    Each image votes for :func:`_training_size` (the shorter side, or 224 for images larger
+    than 64 px) and the most common vote wins; on a tie the **larger** size wins, since
+    training below an image's size throws detail away while training above it only
+    upsamples. Files that cannot be read are skipped here (they raise
+    :class:`ImageLoadError` naming the file when training reads them).
+
+    On rank 0 prints one line with the inferred size, and warns (one line) when sampled
+    images would have trained at another size, naming how many and one of them.
+
+    Raises:
+        ImageLoadError: none of the sampled files could be read.
+    """
+    sampled = [paths[index] for index in _evenly_spaced(len(paths), limit)]
+    dimensions: dict[str, tuple[int, int]] = {}
+    first_error: Exception | None = None
+    for path in sampled:
+        try:
+            with Image.open(path) as image:
+                dimensions[path] = image.size
+        except Exception as err:  # noqa: BLE001 - an unreadable file is reported when trained on
+            first_error = first_error or err
+    if not dimensions:
+        raise ImageLoadError(
+            f"cannot read image {sampled[0]}: {first_error}. None of the {len(sampled)} "
+            "training images sampled to infer dataset.image_size could be read: remove or "
+            "replace the files (or fix their permissions), or set dataset.image_size"
+        )
+    votes = Counter(_training_size(*size) for size in dimensions.values())
+    size = max(votes, key=lambda candidate: (votes[candidate], candidate))
+    if _is_rank_zero():
+        skipped = len(sampled) - len(dimensions)
+        unread = f", {skipped} unreadable skipped" if skipped else ""
+        print(
+            f"reco_lightning: image size {size} px, inferred from {len(dimensions)} of "
+            f"{len(paths):,} training images{unread} (dataset.image_size=N to choose)",
+            flush=True,
+        )
+        others = [path for path, dims in dimensions.items() if _training_size(*dims) != size]
+        if others:
+            width, height = dimensions[others[0]]
+            warnings.warn(
+                f"reco_lightning: {len(others)} of {len(dimensions)} sampled training images "
+                f"would train at another size than {size} px, e.g. {others[0]} ({width}x{height} "
+                "px); they are resized to the inferred size: check them, or set dataset.image_size",
+                UserWarning,
+                stacklevel=2,
+            )
+    return size
+
+
 def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplits:
     layout = "set dataset.root to a folder holding train/ and val/ (or test/) subfolders"
     if root is None or str(root).strip() == "":
@@ -269,11 +364,9 @@ def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplit
         raise no_images(eval_dir, "no image files in its class folders")
 
     if image_size is None:
-        first = load_rgb_image(train.samples[0][0])
-        short = min(first.size)
-        size = short if short <= SMALL_IMAGE_MAX else LARGE_IMAGE_SIZE
+        size = infer_image_size([path for path, _ in train.samples])
     else:
-        size = _check_image_size(image_size)
+        size = _check_image_size(image_size)  # the user's choice: no file is read
     # ImageNet statistics always: user folders have no published statistics and scanning
     # them would slow start-up; normalisation only needs to be roughly right.
     return DatasetSplits(
@@ -302,9 +395,9 @@ def build_datasets(
     """Build the labelled train and val splits of dataset ``name``.
 
     ``image_size=None`` picks the dataset's native size (digits 32, CIFAR 32, STL-10 96,
-    imagefolder inferred from the first training image). ``val_fraction`` and ``seed``
-    only matter for ``digits``, which has no official split; the other datasets use their
-    own test split (or ``val/``/``test/`` folder) as validation.
+    imagefolder inferred from a sample of the training images, see :func:`infer_image_size`).
+    ``val_fraction`` and ``seed`` only matter for ``digits``, which has no official split;
+    the other datasets use their own test split (or ``val/``/``test/`` folder) as validation.
 
     Raises:
         ConfigError: unknown name, missing/invalid root or files, bad sizes.
@@ -328,5 +421,6 @@ __all__ = [
     "DigitsDataset",
     "ImageFolderSplit",
     "build_datasets",
+    "infer_image_size",
     "load_rgb_image",
 ]
