@@ -77,3 +77,15 @@ def test_each_method_trains_with_views_on_the_device(compose_config, tiny, tmp_p
                          "trainer.precision=bf16-mixed")
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 3 and 0 <= summary["knn_acc"] <= 1
+
+
+def test_a_seed_decides_the_views_and_leaves_the_global_rng_alone(views):
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    before = torch.get_rng_state()
+    first = views(images, weak=True, seed=1234)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.rand(100)  # the global state moves on: the seeded views do not
+    again = views(images, weak=True, seed=1234)
+    other = views(images, weak=True, seed=1235)
+    assert torch.equal(first["strong"][0], again["strong"][0]) and torch.equal(first["weak"], again["weak"])
+    assert not torch.equal(first["strong"][0], other["strong"][0])

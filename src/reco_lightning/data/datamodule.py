@@ -111,9 +111,10 @@ class InMemoryImages(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        seed = 0
         if isinstance(index, tuple):
-            index = index[0]  # views are drawn later, on the device, from the global RNG
-        return {"images": self.images[index], "label": self.labels[index]}
+            index, seed = index  # views are drawn later, on the device, seeded by the batch
+        return {"images": self.images[index], "label": self.labels[index], "seed": seed}
 
 
 class MaterialisedDataset(Dataset):
@@ -157,6 +158,22 @@ def _positive_int(value: Any, key: str, hint: str) -> int:
 
 #: deterministic evaluation views that fit in this many bytes are made once and kept
 EVAL_CACHE_BYTES = 64 * 1024**2
+
+
+class PositionedDataLoader(DataLoader):
+    """The training loader, which a mid-epoch resume restarts where the run stopped.
+
+    The position is the data module's (its ``state_dict``: epoch and batches done, given
+    to the sampler), so this loader's own state is empty. Having the ``state_dict`` /
+    ``load_state_dict`` pair tells Lightning the loader resumes correctly; otherwise it
+    warns after every mid-epoch resume that the results may be unreliable.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass  # the data module's state_dict holds the position
 
 
 class SSLDataModule(L.LightningDataModule):
@@ -223,7 +240,9 @@ class SSLDataModule(L.LightningDataModule):
         )
         self.name = self.splits.name
         self.num_classes = self.splits.num_classes
-        self.image_size = self.splits.image_size
+        # the side length the views produce; for imagefolder with image_size=None it is the
+        # inferred one, which the run should record in config.yaml (dataset.image_size)
+        self.image_size: int = self.splits.image_size
         self.mean = self.splits.mean
         self.std = self.splits.std
         self.train_size = len(self.splits.train)  # type: ignore[arg-type]
@@ -263,7 +282,7 @@ class SSLDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool) -> DataLoader:
-        return DataLoader(
+        return (PositionedDataLoader if train else DataLoader)(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -280,7 +299,10 @@ class SSLDataModule(L.LightningDataModule):
         """With ``augment_on=device``: turn a batch of uint8 images, already on the training
         device, into the strong (and weak) views, every image with its own draw."""
         if self.device_views is not None and isinstance(batch, dict) and "images" in batch:
-            views = self.device_views.to(batch["images"].device)(batch["images"], weak=self.use_weak_view)
+            # the batch's draws follow from its images' seeds, not from the global RNG: a run
+            # resumed mid-epoch then draws the same views as one that was never interrupted
+            seed = int(batch["seed"][0]) if "seed" in batch else None
+            views = self.device_views.to(batch["images"].device)(batch["images"], weak=self.use_weak_view, seed=seed)
             return {**views, "label": batch["label"]}
         return batch
 

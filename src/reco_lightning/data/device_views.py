@@ -61,10 +61,26 @@ class DeviceViews(nn.Module):
         return (images - self.mean.to(images.device)) / self.std.to(images.device)
 
     @torch.no_grad()
-    def forward(self, images: Tensor, num_strong: int = 2, weak: bool = False) -> dict[str, Tensor | list[Tensor]]:
-        """``{"strong": [view, ...], "weak": view?}`` as float32, normalised."""
+    def forward(
+        self, images: Tensor, num_strong: int = 2, weak: bool = False, seed: int | None = None
+    ) -> dict[str, Tensor | list[Tensor]]:
+        """``{"strong": [view, ...], "weak": view?}`` as float32, normalised.
+
+        With ``seed`` the draws come from generators seeded with it, and the global random
+        state is left as it was: the views of a batch depend only on the batch (the
+        training sampler gives each image a seed), as the per-image views of
+        ``augment_on=cpu`` do. Without it they come from the global random state.
+        """
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceViews takes uint8 images, not {images.dtype}")
+        if seed is None:
+            return self._views(images, num_strong, weak)
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return self._views(images, num_strong, weak)
+
+    def _views(self, images: Tensor, num_strong: int, weak: bool) -> dict[str, Tensor | list[Tensor]]:
         pixels = images.float().div_(255)
         views: dict[str, Tensor | list[Tensor]] = {
             "strong": [self._normalise(self.strong(pixels)) for _ in range(num_strong)]
