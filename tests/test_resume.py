@@ -3,10 +3,12 @@ non-finite loss stops the run without touching the last good checkpoint."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import os
 import signal
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -37,9 +39,13 @@ def queues(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {name: value for name, value in state.items() if name.endswith(("features", "pointer", "num_enqueued"))}
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_config, tiny, tmp_path, signum):
-    overrides = ["+method=moco", "+reco=on", *tiny, *TWO_EPOCHS]
+@pytest.mark.parametrize(
+    ("signum", "augment_on"),
+    [(signal.SIGTERM, "cpu"), (signal.SIGTERM, "device"), pytest.param(signal.SIGINT, "cpu", marks=pytest.mark.slow)],
+)
+def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_config, tiny, tmp_path, signum,
+                                                                     augment_on):
+    overrides = ["+method=moco", "+reco=on", *tiny, *TWO_EPOCHS, f"dataset.augment_on={augment_on}"]
     straight = train(compose_config(*overrides), tmp_path / "straight")
 
     interrupted = tmp_path / "interrupted"
@@ -49,7 +55,11 @@ def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_confi
     saved = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch, after the step in progress
 
-    resumed = train(compose_config(*overrides, "resume=auto"), interrupted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = train(compose_config(*overrides, "resume=auto"), interrupted)
+    # the data module restarts the epoch where it stopped: Lightning must not say otherwise
+    assert not [w for w in caught if "not resumable" in str(w.message)]
     assert resumed["steps"] == straight["steps"] == 8
     assert resumed["knn_acc_random_init"] == straight["knn_acc_random_init"]
     expected = queues(tmp_path / "straight" / "checkpoints" / "last.ckpt")
@@ -57,6 +67,21 @@ def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_confi
     assert expected.keys() == got.keys() and len(expected) == 6  # MoCo's queue and ReCo's bank
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    # metrics.csv holds the whole history once: the random-init point and every epoch
+    assert logged_entries(interrupted) == logged_entries(tmp_path / "straight")
+    knn_epochs = [row["epoch"] for row in csv_rows(interrupted) if row.get("val/knn_acc")]
+    assert knn_epochs == ["0", "0", "1"]  # random init (epoch 0, step 0), then epochs 0 and 1
+
+
+def csv_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def logged_entries(run: Path) -> list[tuple[str, str, str]]:
+    """(epoch, step, metric) of every value in metrics.csv, in order: what was logged where."""
+    return [(row["epoch"], row["step"], key) for row in csv_rows(run) for key, value in row.items()
+            if value and key not in ("epoch", "step")]
 
 
 def test_resume_from_an_explicit_path_and_bad_paths(compose_config, tiny, tmp_path):

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -179,6 +180,47 @@ def test_method_ema_moves_once_per_optimizer_step_with_accumulation(compose_conf
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 2
     assert len(updates) == 2 * 2  # two steps, two (online, target) pairs each
+
+
+class ExpectedTargets(L.Callback):
+    """Keeps its own EMA of the first (online, target) pair, updated by hand after each
+    optimizer step, and checks the module's target against it before every micro-batch."""
+
+    def __init__(self) -> None:
+        self.last_step, self.expected, self.checked = 0, None, 0
+
+    def _pair(self, module):
+        online, target = module.momentum_pairs()[0]
+        return next(online.parameters()).detach(), next(target.parameters()).detach()
+
+    def _check(self, module) -> None:
+        torch.testing.assert_close(self._pair(module)[1], self.expected, rtol=0, atol=1e-6)
+        self.checked += 1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.expected = self._pair(pl_module)[1].clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._check(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # runs before the module's own hook, which makes the update
+        if trainer.global_step > self.last_step:  # an optimizer step happened in this micro-batch
+            self.last_step = trainer.global_step
+            m = pl_module.current_momentum()
+            self.expected = m * self.expected + (1 - m) * self._pair(pl_module)[0].clone()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(pl_module)
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_method_ema_matches_a_hand_computed_ema_with_accumulation(compose_config, tiny, tmp_path, method):
+    expected = ExpectedTargets()
+    cfg = compose_config(f"+method={method}", *tiny, "trainer.limit_train_batches=4",
+                         "trainer.accumulate_grad_batches=2")
+    assert train(cfg, tmp_path, callbacks=[expected])["steps"] == 2
+    assert expected.checked == 5  # before each of the 4 micro-batches, and at the end
 
 
 def test_training_clock_logs_growing_training_time(compose_config, tiny, tmp_path):

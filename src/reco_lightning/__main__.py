@@ -1,4 +1,12 @@
-"""``python -m reco_lightning +method=moco +reco=on``: the Hydra entry point, nothing else."""
+"""``python -m reco_lightning +method=moco +reco=on``: the Hydra entry point.
+
+Before Hydra starts, the command line is checked for what Hydra would otherwise report
+with a traceback or a misleading hint: a run directory that cannot be written, one that
+already holds a run (Hydra would overwrite its ``.hydra/`` record), and a misspelt key
+(Hydra's struct error says to add it with ``+``). After the job, a run directory that this
+job created but did not use (a failed start, or a resume that continued elsewhere) is
+removed.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +23,34 @@ from .errors import RecoLightningError
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the final kNN accuracy (for Hydra sweepers that optimise it)."""
+    from .run_dir import hydra_files_only, remove_if_unused
     from .train import train  # imported here so that `--help` stays fast
 
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir)
+    created_now = hydra_files_only(hydra_dir)
     try:
-        summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        summary = train(cfg, hydra_dir, overrides=list(HydraConfig.get().overrides.task))
     except RecoLightningError as error:
         print(f"reco_lightning: error: {error}", file=sys.stderr)
+        if created_now:
+            remove_if_unused(hydra_dir)
         sys.exit(2)
+    if created_now and Path(summary["output_dir"]).resolve() != hydra_dir.resolve():
+        remove_if_unused(hydra_dir)  # the resume continued in its own run directory
     return summary["knn_acc"]
 
 
+def check_command_line(argv: list[str]) -> None:
+    """Checks of the raw command line that must run before Hydra creates the run directory."""
+    from .cli_checks import check_overrides
+
+    try:
+        check_overrides(argv)
+    except RecoLightningError as error:
+        print(f"reco_lightning: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

@@ -37,6 +37,10 @@ class CheckpointOnSignal(Callback):
         self.path = Path(dirpath) / "last.ckpt"
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        # Lightning's count of stepped batches (the step its loggers write) while this
+        # callback saves, and after a resume from such a save: see on_train_batch_start.
+        self._saving_step: int | None = None
+        self._resumed_step: int | None = None
 
     # -- signal handling ------------------------------------------------------------------
     def _handle(self, signum: int, frame: Any) -> None:
@@ -69,6 +73,12 @@ class CheckpointOnSignal(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"batches_that_stepped": self._saving_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_step = state_dict.get("batches_that_stepped")
+
     # -- stopping -------------------------------------------------------------------------
     def _stop_requested(self, trainer: L.Trainer) -> int:
         """The signal number any rank received (0 for none); all ranks must call it."""
@@ -79,11 +89,22 @@ class CheckpointOnSignal(Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         """Between two steps the state is whole: the previous step's queues are filled."""
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if self._resumed_step is not None:
+            # Lightning assumes a mid-epoch checkpoint was saved at a batch's end, before it
+            # counted the batch, and adds one on restore; ours is saved after, so the loggers'
+            # step would run one ahead of the uninterrupted run's: put it back.
+            epoch_loop._batches_that_stepped = self._resumed_step
+            self._resumed_step = None
         signum = self._stop_requested(trainer)
         if not signum:
             return
         partial = self.path.with_name(self.path.name + ".partial")
-        trainer.save_checkpoint(partial)
+        self._saving_step = epoch_loop._batches_that_stepped
+        try:
+            trainer.save_checkpoint(partial)
+        finally:
+            self._saving_step = None
         if trainer.is_global_zero:
             os.replace(partial, self.path)
             print(

@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import torch
@@ -27,8 +27,13 @@ from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
 from .errors import ConfigError
 from .launch import global_rank_from_environment, local_ranks
+from .metrics_log import CSVHistoryLogger, MetricsHistory
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
+from .run_dir import (
+    check_fresh, check_writable, config_for_resume, resolve_resume, run_of_checkpoint, wants_resume,
+)
+from .checkpoints import read_checkpoint
 from .utils.optim import check_optimizer
 
 #: dataset keys that describe the data but are not DataModule arguments
@@ -57,7 +62,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
     # warns about any non-empty directory, although it only ever replaces its metrics.csv.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     reject_unknown_keys("trainer", settings, accepted_arguments(L.Trainer))
-    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="", version="")]
+    csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
+    loggers: list[Logger] = [csv_log]
     try:
         loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
     except ModuleNotFoundError:
@@ -69,11 +75,15 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
         monitor="val/knn_acc",
         mode="max",
         save_last=True,
+        # one run per directory: last.ckpt is this run's, also after the directory was moved
+        # (Lightning would otherwise write last-v1.ckpt beside it and resume=auto take the old one)
+        enable_version_counter=False,
     )
     callbacks = [
         checkpoints,
         CheckpointOnSignal(output_dir / "checkpoints"),
         TrainingClock(),
+        MetricsHistory(csv_log),
         LearningRateMonitor(logging_interval="epoch"),
         *(extra_callbacks or []),
     ]
@@ -85,28 +95,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
         # the DataModule shards across ranks itself: exact validation sets, resumable epochs
         use_distributed_sampler=False,
     )
-
-
-def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint that ``resume`` names: ``auto``, a ``.ckpt`` file or a run directory.
-
-    ``auto`` takes ``checkpoints/last.ckpt`` of this run's directory when it exists (rerun
-    the command with the same ``hydra.run.dir``) and starts afresh when it does not.
-    """
-    if resume is None or resume is False or str(resume).lower() in {"", "none", "null", "false"}:
-        return None
-    if str(resume) == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return last if last.is_file() else None
-    path = Path(str(resume)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(
-            f"resume={resume}: no checkpoint at {path}; pass a .ckpt file, a run directory that "
-            "holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir"
-        )
-    return path
 
 
 def build_method(
@@ -163,24 +151,32 @@ def build_method(
     )
 
 
-def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, output_dir: Path, callbacks: list | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns (and writes) its summary.
 
-    ``callbacks`` are added to the Trainer's (tests use them to interrupt a run). Under
-    ``strategy=ddp`` or ``ddp_cpu`` this process is rank 0 and starts the other local
-    ranks itself (see :mod:`reco_lightning.launch`).
+    ``callbacks`` are added to the Trainer's (tests use them to interrupt a run).
+    ``overrides`` are the command line's settings (the CLI passes them): a resume applies
+    them to the run's stored config; without them ``cfg`` is taken whole. A resume of a
+    run directory continues in that directory, wherever ``output_dir`` points (see
+    :mod:`reco_lightning.run_dir`). Under ``strategy=ddp`` or ``ddp_cpu`` this process is
+    rank 0 and starts the other local ranks itself (see :mod:`reco_lightning.launch`).
     """
-    method_name = require_method(cfg)
     rank_zero = global_rank_from_environment() == 0
-    if rank_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = resolve_resume(cfg.get("resume"), output_dir)
+    cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
+    method_name = require_method(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
     datamodule = build_datamodule(cfg, weak_view=reco is not None)
+    if cfg.dataset.get("image_size") is None:  # an image folder: record the size inferred from the data
+        with open_dict(cfg):
+            cfg.dataset.image_size = datamodule.image_size
+    check_strategy(cfg)
     trainer = build_trainer(cfg, output_dir, callbacks)
     model = build_method(cfg, datamodule, trainer, reco)
     if rank_zero:
+        check_writable(output_dir)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     with local_ranks(trainer, _for_workers(cfg, resume_from), output_dir):
@@ -191,6 +187,38 @@ def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None) -> d
         if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished
             trainer.validate(model, datamodule=datamodule, verbose=False)
         return _summarise(cfg, trainer, method_name, reco, elapsed, knn_at_init, output_dir, rank_zero)
+
+
+def prepare_run(
+    cfg: DictConfig, output_dir: Path, overrides: list[str] | None, rank_zero: bool
+) -> tuple[DictConfig, Path, Path | None]:
+    """The run's config, its directory and the checkpoint it resumes from, if any.
+
+    A resume continues in the directory of the run it names, with that run's config and
+    the command line's settings on top; a new run refuses a directory that holds one.
+    """
+    resume_from = resolve_resume(cfg.get("resume"), output_dir)
+    if resume_from is not None:
+        read_checkpoint(resume_from)  # a truncated or foreign file: one line now, not a traceback later
+        run_dir = run_of_checkpoint(resume_from)
+        if run_dir is not None:
+            cfg = config_for_resume(cfg, run_dir, overrides, cfg.get("resume"))
+            output_dir = run_dir
+    elif rank_zero and not wants_resume(cfg.get("resume")):
+        check_fresh(output_dir)
+    if rank_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, output_dir, resume_from
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """``strategy=ddp`` needs GPUs; on a machine without one, say which preset runs on CPUs."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (strategy=ddp) needs a CUDA GPU and this machine has none: "
+            "use strategy=ddp_cpu for DDP over CPU processes, or strategy=auto"
+        )
 
 
 def _for_workers(cfg: DictConfig, resume_from: Path | None) -> DictConfig:

@@ -1,0 +1,79 @@
+"""Checks of the raw command line, run before Hydra creates the run directory.
+
+Hydra reports some mistakes badly for our users: a misspelt key without ``+``
+(``trainer.max_epoch=2``) gets "To append to your config use +trainer.max_epoch=2", which
+would add a setting nothing reads; an unwritable ``hydra.run.dir`` ends in a traceback; and
+a ``hydra.run.dir`` that holds a run gets its ``.hydra/`` record overwritten before our
+code could refuse it. Each of these becomes one line that names the setting and the fix.
+
+>>> check_overrides(["+method=moco", "trainer.max_epochs=2"])  # fine: returns None
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .run_dir import check_fresh, holds_run, probe_run_dir, wants_resume
+
+#: Hydra's message for an override of a key that the composed config does not have
+_NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
+
+
+def _value(overrides: Sequence[str], key: str) -> str | None:
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.lstrip("+") == key:
+            return value
+    return None
+
+
+def check_overrides(argv: Sequence[str]) -> None:
+    """ConfigError for the first problem of the command line that Hydra would report badly."""
+    if any(arg.startswith("-") for arg in argv):
+        return  # --multirun, --help, --cfg ...: Hydra's own business
+    overrides = [arg for arg in argv if "=" in arg]
+    run_dir = _value(overrides, "hydra.run.dir")
+    probe_run_dir(run_dir or "outputs")
+    if run_dir is not None and holds_run(Path(run_dir).expanduser()) and not wants_resume(_value(overrides, "resume")):
+        check_fresh(Path(run_dir).expanduser())
+    check_keys([o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def check_keys(overrides: list[str]) -> None:
+    """A misspelt key without ``+`` gets the did-you-mean of a misspelt key with ``+``."""
+    try:
+        _compose(overrides)
+        return
+    except Exception as error:  # noqa: BLE001 - anything else is left for Hydra to report
+        match = _NOT_IN_STRUCT.search(str(error))
+        if match is None:
+            return
+        key = match.group(1)
+    rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        cfg = _compose(rest)
+    except Exception:  # noqa: BLE001
+        return
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    choices = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, [str(c) for c in choices], n=1)
+    where = f"{parent}." if parent else ""
+    hint = f"did you mean {where}{close[0]}?" if close else f"valid keys are {choices}"
+    raise ConfigError(f"{key} is not a known setting: {hint}")
+
+
+__all__ = ["check_keys", "check_overrides"]
