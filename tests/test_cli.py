@@ -14,6 +14,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reco_lightning.eval", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
 def test_missing_method_is_a_message_not_a_traceback(tmp_path):
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 2
@@ -23,9 +29,34 @@ def test_missing_method_is_a_message_not_a_traceback(tmp_path):
 
 def test_unknown_method_lists_the_choices(tmp_path):
     result = run_cli("+method=swav", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Available options" in result.stderr and "moco" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "reco_lightning: error: +method=swav is unknown: choose one of +method=byol, +method=moco, +method=simclr"
+    )
+
+
+def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_path, tiny):
+    result = run_cli("+method=moco", *tiny, "trainer.precision=bogus", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Precision 'bogus' is invalid" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_eval_misspelt_key_gets_did_you_mean(tmp_path):
+    result = run_eval("checkpoint=x", "knn.kk=3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "reco_lightning.eval: error: knn.kk is not a known setting: did you mean knn.k?"
+
+
+def test_an_error_from_a_loader_worker_reads_as_its_own_message():
+    from reco_lightning.errors import ImageLoadError, one_line
+
+    wrapped = ImageLoadError(
+        "Caught ImageLoadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\nreco_lightning.errors.ImageLoadError: cannot read image a/b.png: bad\n'
+    )
+    assert one_line(wrapped) == "cannot read image a/b.png: bad"
+    assert one_line(ValueError("plain\nmessage")) == "plain message"
 
 
 def test_a_short_run_writes_its_outputs_and_prints_a_summary(tmp_path, tiny):

@@ -245,3 +245,10 @@ def test_a_trainer_resuming_with_the_other_reco_setting_is_a_config_error(runs, 
     )
     with pytest.raises(ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
+
+
+def test_eval_on_cuda_without_a_gpu_is_one_line(runs, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    done = run_eval_cli(f"checkpoint={runs['moco_on']}", "device=cuda", cwd=tmp_path)
+    assert_one_line_error(done, "device=cuda", "no CUDA GPU")

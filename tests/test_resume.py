@@ -130,3 +130,27 @@ def test_bf16_mixed_on_cpu_with_reco(compose_config, tiny, tmp_path, method):
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert state["relation_bank.num_enqueued"] == 3 * 32
     assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+
+
+class BarAtFirstBatch(L.Callback):
+    """What the progress bar and the training clock show once the resumed run is under way."""
+
+    def __init__(self) -> None:
+        self.description: str | None = None
+        self.total: int | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.description is None:
+            bar = trainer.progress_bar_callback.train_progress_bar
+            self.description, self.total = bar.desc, bar.total
+
+
+def test_first_epoch_after_a_mid_epoch_resume_shows_its_number_and_counts_its_time(compose_config, tiny, tmp_path):
+    overrides = ["+method=simclr", *tiny, *TWO_EPOCHS]
+    with pytest.raises(SystemExit):
+        train(compose_config(*overrides), tmp_path, callbacks=[SignalAfterStep(5, signal.SIGTERM)])
+    seen = BarAtFirstBatch()
+    train(compose_config(*overrides, "resume=auto", "trainer.enable_progress_bar=true"), tmp_path, callbacks=[seen])
+    assert seen.description.startswith("Epoch 1") and seen.total == 4  # not "Training", total unknown
+    seconds = [float(row["time/train_s"]) for row in csv_rows(tmp_path) if row.get("time/train_s")]
+    assert len(seconds) == 2 and seconds[1] > seconds[0]  # the resumed epoch's steps are timed too

@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .errors import RecoLightningError
+from .errors import RecoLightningError, one_line
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="config")
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg, hydra_dir, overrides=list(HydraConfig.get().overrides.task))
     except RecoLightningError as error:
-        print(f"reco_lightning: error: {error}", file=sys.stderr)
+        print(f"reco_lightning: error: {one_line(error)}", file=sys.stderr)
         if created_now:
             remove_if_unused(hydra_dir)
         sys.exit(2)
@@ -47,7 +47,7 @@ def check_command_line(argv: list[str]) -> None:
     try:
         check_overrides(argv)
     except RecoLightningError as error:
-        print(f"reco_lightning: error: {error}", file=sys.stderr)
+        print(f"reco_lightning: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
 
 

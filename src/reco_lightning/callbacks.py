@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -140,6 +140,11 @@ class TrainingClock(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start()
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Lightning skips on_train_epoch_start when it resumes inside an epoch
+        if self._started is None:
+            self._start()
+
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self._stop()
@@ -159,4 +164,20 @@ class TrainingClock(Callback):
         self.seconds = float(state_dict.get("seconds", 0.0))
 
 
-__all__ = ["CheckpointOnSignal", "TrainingClock"]
+class EpochProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, which also shows the epoch and its length in the first
+    epoch of a run resumed mid-epoch (Lightning skips ``on_train_epoch_start`` there, so its
+    bar would read "Training: 2/?")."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if trainer.fit_loop.restarting and done > 0:
+            bar = self.train_progress_bar
+            bar.reset(total=self.total_train_batches if self.total_train_batches != float("inf") else None)
+            bar.n = done
+            bar.set_description(f"Epoch {trainer.current_epoch}")
+            bar.refresh()
+
+
+__all__ = ["CheckpointOnSignal", "EpochProgressBar", "TrainingClock"]

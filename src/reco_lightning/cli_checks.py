@@ -23,6 +23,8 @@ from .run_dir import check_fresh, holds_run, probe_run_dir, wants_resume
 
 #: Hydra's message for an override of a key that the composed config does not have
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
+#: Hydra's message for a config group option that does not exist (``+method=swav``)
+_NO_OPTION = re.compile(r"Could not find '([\w/]+)/([^']+)'")
 
 
 def _value(overrides: Sequence[str], key: str) -> str | None:
@@ -45,26 +47,42 @@ def check_overrides(argv: Sequence[str]) -> None:
     check_keys([o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], config_name: str) -> DictConfig:
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
-def check_keys(overrides: list[str]) -> None:
-    """A misspelt key without ``+`` gets the did-you-mean of a misspelt key with ``+``."""
+def _options(group: str) -> list[str]:
+    """The presets of a config group (``method`` -> moco, simclr, byol)."""
+    from importlib.resources import files
+
+    folder = files("reco_lightning.conf").joinpath(group)
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def check_keys(overrides: list[str], config_name: str = "config") -> None:
+    """A misspelt key without ``+`` gets the did-you-mean of a misspelt key with ``+``; an
+    unknown preset (``+method=swav``) gets the list of presets."""
     try:
-        _compose(overrides)
+        _compose(overrides, config_name)
         return
     except Exception as error:  # noqa: BLE001 - anything else is left for Hydra to report
-        match = _NOT_IN_STRUCT.search(str(error))
-        if match is None:
-            return
-        key = match.group(1)
+        message = str(error)
+    option = _NO_OPTION.search(message)
+    if option is not None:
+        group, name = option.groups()
+        plus = next((o[: len(o) - len(o.lstrip("+"))] for o in overrides if o.lstrip("+").startswith(f"{group}=")), "")
+        choices = ", ".join(f"{plus}{group}={choice}" for choice in _options(group))
+        raise ConfigError(f"{plus}{group}={name} is unknown: choose one of {choices}")
+    match = _NOT_IN_STRUCT.search(message)
+    if match is None:
+        return
+    key = match.group(1)
     rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
     try:
-        cfg = _compose(rest)
+        cfg = _compose(rest, config_name)
     except Exception:  # noqa: BLE001
         return
     parent, _, leaf = key.rpartition(".")

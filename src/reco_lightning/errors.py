@@ -25,3 +25,17 @@ class ImageLoadError(RecoLightningError, RuntimeError):
 
 class NonFiniteLossError(RecoLightningError, RuntimeError):
     """A loss term became NaN or infinite; the message names the step and the term."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` as the user should read it: one line.
+
+    An error raised in a DataLoader worker reaches the main process with torch's text
+    "Caught ImageLoadError in DataLoader worker process 0. Original Traceback ...": the
+    message worth reading is the original one, on the traceback's last line.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(error).__name__) else last
+    return " ".join(text.split())

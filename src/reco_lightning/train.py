@@ -15,13 +15,14 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .callbacks import CheckpointOnSignal, TrainingClock
+from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
 from .config_checks import accepted_arguments, as_dict, reject_unknown_keys, require_method
 from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
@@ -87,14 +88,21 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
         LearningRateMonitor(logging_interval="epoch"),
         *(extra_callbacks or []),
     ]
-    return L.Trainer(
-        **settings,
-        logger=loggers,
-        callbacks=callbacks,
-        default_root_dir=str(output_dir),
-        # the DataModule shards across ranks itself: exact validation sets, resumable epochs
-        use_distributed_sampler=False,
-    )
+    if settings.get("enable_progress_bar", True):
+        callbacks.append(EpochProgressBar())
+    try:
+        return L.Trainer(
+            **settings,
+            logger=loggers,
+            callbacks=callbacks,
+            default_root_dir=str(output_dir),
+            # the DataModule shards across ranks itself: exact validation sets, resumable epochs
+            use_distributed_sampler=False,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as error:
+        # Lightning checks the values of trainer.* (precision, devices, strategy ...) itself
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"Lightning refused the trainer settings: {reason} (see trainer.* on the command line)") from None
 
 
 def build_method(

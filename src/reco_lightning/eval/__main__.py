@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from ..errors import RecoLightningError
+from ..errors import RecoLightningError, one_line
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="eval")
@@ -18,9 +18,23 @@ def main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
     except RecoLightningError as error:
-        print(f"reco_lightning.eval: error: {error}", file=sys.stderr)
+        print(f"reco_lightning.eval: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """A misspelt key gets a did-you-mean before Hydra's struct error (see cli_checks)."""
+    from ..cli_checks import check_keys
+
+    if any(arg.startswith("-") for arg in argv):
+        return
+    try:
+        check_keys([a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))], "eval")
+    except RecoLightningError as error:
+        print(f"reco_lightning.eval: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

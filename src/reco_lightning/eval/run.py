@@ -126,7 +126,13 @@ def _dataset_settings(cfg: DictConfig, run_dir: Path, run_config: DictConfig | N
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: this machine has no CUDA GPU; use device=cpu (or device=auto)")
+    return device
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
