@@ -151,8 +151,9 @@ def trainval_root(data: Path) -> Path:
 # --------------------------------------------------------------------------- running
 def read_curve(run_dir: Path) -> list[dict[str, float]]:
     """Per epoch: kNN accuracy and training seconds so far (``time/train_s``, which a resumed
-    run carries on), from the run's metrics files, oldest first, so that an epoch that was
-    run again after a resume takes its newer value."""
+    run carries on), from the run's ``metrics.csv`` (which keeps every row across resumes)
+    and the ``metrics-N.csv`` parts that runs made before it did, oldest first, so that an
+    epoch that was run again after a resume takes its newer value."""
     parts = sorted(run_dir.glob("metrics-*.csv"), key=lambda path: int(path.stem.split("-")[1]))
     rows = []
     for path in [*parts, run_dir / "metrics.csv"]:
@@ -181,10 +182,6 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
     run_dir = RUNS / protocol / cell.name
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    # Lightning's CSV logger starts metrics.csv afresh on a resume: keep the earlier part
-    if (run_dir / "metrics.csv").is_file():
-        parts = len(list(run_dir.glob("metrics-*.csv")))
-        (run_dir / "metrics.csv").rename(run_dir / f"metrics-{parts}.csv")
     with open(run_dir / "train.log", "a") as log:
         subprocess.run(cell.command(protocol, root, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
                        check=True, cwd=ROOT)

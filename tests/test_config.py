@@ -6,7 +6,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from reco_lightning.config_checks import reject_unknown_keys, require_method
+from reco_lightning.config_checks import reject_unknown_keys
+from reco_lightning.train import require_method
 from reco_lightning.errors import ConfigError
 from reco_lightning.train import reco_settings
 

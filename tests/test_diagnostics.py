@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from reco_lightning.eval.diagnostics import (
+from reco_lightning.metrics.diagnostics import (
     alignment,
     class_cosines,
     neighbour_purity,

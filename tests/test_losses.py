@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reco_lightning.eval.knn import knn_accuracy, weighted_knn_predict
-from reco_lightning.methods.losses import byol_loss, info_nce_loss, nt_xent_loss
-from reco_lightning.reco.losses import global_relation_loss, interpolation_target, local_interpolation_loss
+from reco_lightning.metrics.knn import knn_accuracy, weighted_knn_predict
+from reco_lightning.losses.instance import byol_loss, info_nce_loss, nt_xent_loss
+from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,7 +15,7 @@ from torch import nn
 
 from reco_lightning.methods import BYOL, MoCo, SimCLR
 from reco_lightning.methods.base import MethodOutput
-from reco_lightning.methods.losses import info_nce_loss
+from reco_lightning.losses.instance import info_nce_loss
 from reco_lightning.utils.momentum import cosine_momentum, ema_update, make_target
 from reco_lightning.utils.optim import warmup_cosine
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from reco_lightning.errors import ConfigError
 from reco_lightning.reco import ReCoConfig, ReCoMixin, mixin as mixin_module
-from reco_lightning.reco.losses import global_relation_loss, interpolation_target, local_interpolation_loss
+from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from reco_lightning.reco.mixing import mix_views
 from reco_lightning.reco.queue import FeatureQueue
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from reco_lightning.errors import ConfigError
 from reco_lightning.methods import BYOL, MoCo, SimCLR
 from reco_lightning.reco import ReCoConfig, ReCoMixin, mixin as mixin_module
-from reco_lightning.reco.losses import global_relation_loss, interpolation_target, local_interpolation_loss
+from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from reco_lightning.reco.mixing import mix_views
 from reco_lightning.reco.queue import FeatureQueue
 from reco_lightning.reco.teacher import EMATeacher

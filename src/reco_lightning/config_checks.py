@@ -1,8 +1,9 @@
-"""Checks of the composed config that must fail before any training starts.
+"""Generic checks of config sections that must fail before any training starts.
 
 Hydra's struct mode already rejects an override of a key that does not exist; these
-checks cover what it cannot see: a missing ``+method``, keys added with ``+`` that no
-constructor takes, and values out of range. Each message names the setting and the fix.
+helpers cover what it cannot see: keys added with ``+`` that no constructor takes, and a
+mandatory value left unset. Each message names the setting and the fix. This module
+imports nothing of the package but its errors, so that every layer may use it.
 """
 
 from __future__ import annotations
@@ -16,18 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .errors import ConfigError
-from .methods import METHODS
-
-
-def require_method(cfg: DictConfig) -> str:
-    """The chosen method's name, or a ConfigError listing the choices."""
-    choices = ", ".join(f"+method={name}" for name in METHODS)
-    if "method" not in cfg or cfg.method is None:
-        raise ConfigError(f"no method chosen: add one of {choices} to the command line")
-    name = cfg.method.get("name")
-    if name not in METHODS:
-        raise ConfigError(f"method.name={name!r} is unknown: use one of {choices}")
-    return name
 
 
 def accepted_arguments(target: Callable[..., Any]) -> set[str]:

@@ -5,7 +5,7 @@ Under Hydra that re-runs Hydra too: each rank makes its own output directory, an
 multirun sweep (``-m``) each rank re-launches the *whole sweep*, which leaves stray
 directories or hangs. Instead, rank 0 (the process Hydra started) writes the job's resolved
 config into its run directory and starts the other ranks as
-``python -m reco_lightning.launch CONFIG RUN_DIR`` with ``LOCAL_RANK`` set. They train in
+``python -m reco_lightning.worker CONFIG RUN_DIR`` with ``LOCAL_RANK`` set. They train in
 rank 0's run directory and write nothing of their own; Lightning sees ``LOCAL_RANK`` and
 takes the processes as created externally. After the job the process group is torn down,
 so the next job of a sweep starts a fresh one.
@@ -29,8 +29,8 @@ import lightning as L
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-#: environment variables through which a launcher tells a process its rank
-RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID")
+from .utils.distributed import RANK_VARIABLES
+
 #: what this module sets in rank 0 for the duration of one job
 _JOB_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
 #: how long rank 0 may take to notice on its own that another rank stopped
@@ -40,17 +40,6 @@ GRACE_SECONDS = 60.0
 def started_by_launcher() -> bool:
     """Whether torchrun, SLURM or this module started the process as one rank of many."""
     return any(name in os.environ for name in RANK_VARIABLES)
-
-
-def global_rank_from_environment() -> int:
-    """This process's global rank as the environment states it (0 when none does)."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("RECO_LOCAL_WORLD_SIZE", 1)))
-    return node * per_node + local
 
 
 def _free_port() -> int:
@@ -109,7 +98,7 @@ def local_ranks(trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> Iterat
     children = []
     for local_rank in range(1, trainer.num_devices):
         env = dict(os.environ, LOCAL_RANK=str(local_rank))
-        command = [sys.executable, "-m", "reco_lightning.launch", str(config_path), str(output_dir)]
+        command = [sys.executable, "-m", "reco_lightning.worker", str(config_path), str(output_dir)]
         children.append(subprocess.Popen(command, env=env))
     stop = threading.Event()
     watcher = threading.Thread(target=_watch, args=(children, stop), daemon=True)
@@ -135,22 +124,3 @@ def local_ranks(trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> Iterat
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def main(argv: list[str]) -> None:
-    """Entry point of ranks 1..N-1: ``python -m reco_lightning.launch CONFIG RUN_DIR``."""
-    from .errors import RecoLightningError
-    from .train import train
-
-    config_path, output_dir = Path(argv[0]), Path(argv[1])
-    cfg = OmegaConf.load(config_path)
-    OmegaConf.set_struct(cfg, True)
-    try:
-        train(cfg, output_dir)  # type: ignore[arg-type]
-    except RecoLightningError as error:  # rank 0 reports the same error
-        print(f"reco_lightning (rank {global_rank_from_environment()}): error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

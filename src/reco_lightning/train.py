@@ -23,11 +23,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
-from .config_checks import accepted_arguments, as_dict, reject_unknown_keys, require_method
+from .config_checks import accepted_arguments, as_dict, reject_unknown_keys
 from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
 from .errors import ConfigError
-from .launch import global_rank_from_environment, local_ranks
+from .launch import local_ranks
 from .metrics_log import CSVHistoryLogger, MetricsHistory
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
@@ -35,10 +35,22 @@ from .run_dir import (
     check_fresh, check_writable, config_for_resume, resolve_resume, run_of_checkpoint, wants_resume,
 )
 from .checkpoints import read_checkpoint
+from .utils.distributed import global_rank_from_environment
 from .utils.optim import check_optimizer
 
 #: dataset keys that describe the data but are not DataModule arguments
 DATASET_HINT_KEYS = {"queue_size"}
+
+
+def require_method(cfg: DictConfig) -> str:
+    """The chosen method's name, or a ConfigError listing the choices."""
+    choices = ", ".join(f"+method={name}" for name in METHODS)
+    if "method" not in cfg or cfg.method is None:
+        raise ConfigError(f"no method chosen: add one of {choices} to the command line")
+    name = cfg.method.get("name")
+    if name not in METHODS:
+        raise ConfigError(f"method.name={name!r} is unknown: use one of {choices}")
+    return name
 
 
 def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 
 from reco_lightning.errors import ConfigError, ImageLoadError
+from reco_lightning.utils.distributed import global_rank_from_environment
 
 DATASET_CHOICES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
 
@@ -268,10 +269,6 @@ def _evenly_spaced(count: int, limit: int) -> list[int]:
 
 def _is_rank_zero() -> bool:
     """Whether this process reports: every DDP rank builds the data, one should talk."""
-    # imported here, not at the top: the data package stays importable on its own, with no
-    # cycle should launch (which drives training) ever import the data package
-    from reco_lightning.launch import global_rank_from_environment
-
     return global_rank_from_environment() == 0
 
 

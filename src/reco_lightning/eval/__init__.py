@@ -1,14 +1,6 @@
-"""Evaluation on frozen features: kNN, linear evaluation, relation diagnostics, pictures."""
+"""The offline evaluation command on frozen features: kNN, linear evaluation, relation
+diagnostics, pictures (the measures themselves live in :mod:`reco_lightning.metrics`)."""
 
-from .diagnostics import relation_diagnostics
-from .knn import knn_accuracy, weighted_knn_predict, weighted_knn_scores
 from .linear import LinearProtocol, linear_evaluation
 
-__all__ = [
-    "LinearProtocol",
-    "knn_accuracy",
-    "linear_evaluation",
-    "relation_diagnostics",
-    "weighted_knn_predict",
-    "weighted_knn_scores",
-]
+__all__ = ["LinearProtocol", "linear_evaluation"]

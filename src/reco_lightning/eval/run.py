@@ -4,7 +4,7 @@
 2. Run it once over the training split (the kNN bank and the linear classifier's training
    set) and the validation split, with the deterministic evaluation view.
 3. Weighted kNN (top-1/top-5), linear evaluation on the stored features, the relation
-   diagnostics of :mod:`reco_lightning.eval.diagnostics`, and a 2-D feature map.
+   diagnostics of :mod:`reco_lightning.metrics.diagnostics`, and a 2-D feature map.
 4. Print a table and write ``eval.json``, ``eval_feature_map.png`` and (from the run's
    ``metrics.csv``) ``training_curves.png`` into the run directory.
 """
@@ -23,9 +23,9 @@ from ..checkpoints import read_checkpoint
 from ..config_checks import as_dict
 from ..errors import ConfigError
 from ..models import build_backbone
-from .diagnostics import relation_diagnostics
+from ..metrics.diagnostics import relation_diagnostics
 from .features import extract_features
-from .knn import weighted_knn_scores
+from ..metrics.knn import weighted_knn_scores
 from .linear import LinearProtocol, linear_evaluation, topk_accuracy
 from .plots import feature_map, training_curves
 

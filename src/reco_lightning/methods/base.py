@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError, NonFiniteLossError
-from ..eval.diagnostics import relation_diagnostics
-from ..eval.knn import knn_accuracy
+from ..metrics.diagnostics import relation_diagnostics
+from ..metrics.knn import knn_accuracy
 from ..models import build_backbone
 from ..reco import ReCoMixin
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum

@@ -13,7 +13,7 @@ from ..models import mlp_head
 from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
-from .losses import byol_loss
+from ..losses.instance import byol_loss
 
 
 class BYOL(SSLMethod):

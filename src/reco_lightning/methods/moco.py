@@ -13,7 +13,7 @@ from ..models import mlp_head
 from ..reco.queue import FeatureQueue
 from ..utils.momentum import make_target
 from .base import MethodOutput, SSLMethod
-from .losses import info_nce_loss
+from ..losses.instance import info_nce_loss
 
 
 class MoCo(SSLMethod):

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
-from .losses import nt_xent_loss
+from ..losses.instance import nt_xent_loss
 
 
 class SimCLR(SSLMethod):

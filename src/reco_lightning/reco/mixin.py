@@ -37,7 +37,7 @@ from torch import Tensor
 from .config import ReCoConfig
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
-from .losses import global_relation_loss, interpolation_target, local_interpolation_loss
+from ..losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from .mixing import mix_views
 from .queue import FeatureQueue
 from .teacher import EMATeacher, trainable_children

@@ -6,6 +6,8 @@ laptop and on many GPUs.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -63,3 +65,18 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     if world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+#: environment variables through which a launcher tells a process its rank
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID")
+
+
+def global_rank_from_environment() -> int:
+    """This process's global rank as the environment states it (0 when none does)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("RECO_LOCAL_WORLD_SIZE", 1)))
+    return node * per_node + local

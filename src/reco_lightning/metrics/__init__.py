@@ -1,0 +1,10 @@
+"""Measures of frozen features, shared by training (the online kNN monitor and diagnostics)
+and the offline ``eval`` command: weighted kNN and the relation diagnostics.
+
+It sits below both, so that the methods need not import the ``eval`` command.
+"""
+
+from .diagnostics import relation_diagnostics
+from .knn import knn_accuracy, weighted_knn_predict, weighted_knn_scores
+
+__all__ = ["knn_accuracy", "relation_diagnostics", "weighted_knn_predict", "weighted_knn_scores"]
