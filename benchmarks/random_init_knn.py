@@ -27,7 +27,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from reco_lightning.eval.knn import knn_accuracy
+from reco_lightning.metrics.knn import knn_accuracy
 from reco_lightning.models import build_backbone
 from reco_lightning.train import build_datamodule
 
