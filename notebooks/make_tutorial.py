@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from reco_lightning import ReCoConfig, ReCoMixin
-from reco_lightning.data import SSLDataModule
+from reco_lightning import SSLDataModule
 from reco_lightning.models import build_backbone, mlp_head
 
 L.seed_everything(0)
