@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -27,6 +29,7 @@ def test_missing_method_is_a_message_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_method_lists_the_choices(tmp_path):
     result = run_cli("+method=swav", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -35,6 +38,7 @@ def test_unknown_method_lists_the_choices(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_path, tiny):
     result = run_cli("+method=moco", *tiny, "trainer.precision=bogus", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -42,6 +46,7 @@ def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_pa
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_eval_misspelt_key_gets_did_you_mean(tmp_path):
     result = run_eval("checkpoint=x", "knn.kk=3", cwd=tmp_path)
     assert result.returncode == 2
@@ -70,6 +75,7 @@ def test_a_short_run_writes_its_outputs_and_prints_a_summary(tmp_path, tiny):
         assert (run_dir / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
     """Train a few steps, then `python -m reco_lightning.eval checkpoint=...`."""
     run = tmp_path / "run"
@@ -103,6 +109,7 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the eval wrote nothing elsewhere
 
 
+@pytest.mark.slow
 def test_eval_command_without_a_checkpoint_is_a_message(tmp_path):
     done = subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={tmp_path / 'x.ckpt'}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)

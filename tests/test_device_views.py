@@ -71,6 +71,7 @@ def test_unknown_augment_on_names_the_setting():
         SSLDataModule(augment_on="gpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_with_views_on_the_device(compose_config, tiny, tmp_path, method):
     cfg = compose_config(f"+method={method}", "+reco=on", *tiny, "dataset.augment_on=device",

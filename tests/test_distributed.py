@@ -18,6 +18,9 @@ from reco_lightning.methods import METHODS
 
 from .conftest import TINY
 
+#: each test starts DDP process groups and trains: in `pytest -m slow`
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 

@@ -81,6 +81,7 @@ def truncated_copy(checkpoint: Path, destination: Path, keep: float = 0.5) -> Pa
 
 
 # -- 9: the run's kNN settings ---------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_uses_the_runs_knn_settings(runs, tmp_path):
     run = runs["simclr_off"]
     assert OmegaConf.load(run / "config.yaml").knn.k == 20  # the digits preset's, not config.yaml's 200
@@ -91,6 +92,7 @@ def test_eval_uses_the_runs_knn_settings(runs, tmp_path):
     assert written["knn"]["k"] == 20 and written["knn"]["settings_from"]["k"] == "the run's config.yaml"
 
 
+@pytest.mark.slow
 def test_eval_knn_settings_on_the_command_line_win(runs, tmp_path):
     run = runs["simclr_off"]
     result = evaluate(eval_config(f"checkpoint={run}", f"output_dir={tmp_path}", "knn.k=7", *QUICK))
@@ -111,6 +113,7 @@ def test_knn_settings_fall_back_to_the_checkpoint_then_the_default():
 
 
 # -- 10: a folder smaller than the training batch ------------------------------------------
+@pytest.mark.slow
 def test_eval_on_a_folder_smaller_than_the_training_batch(runs, tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
@@ -131,12 +134,14 @@ def test_eval_on_a_folder_smaller_than_the_training_batch(runs, tmp_path):
 
 
 # -- 11: truncated or corrupt checkpoints -----------------------------------------------------
+@pytest.mark.slow
 def test_read_checkpoint_reads_a_training_checkpoint(runs):
     state = read_checkpoint(runs["moco_on"] / "checkpoints" / "last.ckpt")
     assert {"state_dict", "hyper_parameters"} <= state.keys()
     assert state[METHOD_KEY] == "moco"  # recorded by SSLMethod.on_save_checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.001, 0.0])
 def test_read_checkpoint_names_a_truncated_file(runs, tmp_path, keep):
     bad = truncated_copy(runs["moco_on"] / "checkpoints" / "last.ckpt", tmp_path / "last.ckpt", keep)
@@ -147,6 +152,7 @@ def test_read_checkpoint_names_a_truncated_file(runs, tmp_path, keep):
     assert "\n" not in message
 
 
+@pytest.mark.slow
 def test_read_checkpoint_suggests_a_best_checkpoint_beside_it(runs, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -175,6 +181,7 @@ def test_read_checkpoint_rejects_other_files(tmp_path, content, phrase):
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.slow
 def test_eval_command_on_a_truncated_checkpoint_is_one_line(runs, tmp_path):
     bad = truncated_copy(runs["moco_on"] / "checkpoints" / "last.ckpt", tmp_path / "copied.ckpt")
     done = run_eval_cli(f"checkpoint={bad}", cwd=tmp_path)
@@ -188,6 +195,7 @@ def test_eval_command_without_checkpoint_is_one_line(tmp_path):
 
 
 # -- 13: another method's checkpoint, or the other ReCo setting -------------------------------
+@pytest.mark.slow
 def test_load_from_checkpoint_of_another_method_is_a_config_error(runs):
     moco_on = runs["moco_on"] / "checkpoints" / "last.ckpt"
     for cls in (SimCLR, BYOL):  # fails while building the module: MoCo's queue_size
@@ -201,6 +209,7 @@ def test_load_from_checkpoint_of_another_method_is_a_config_error(runs):
         MoCo.load_from_checkpoint(simclr_off)  # builds, then on_load_checkpoint refuses
 
 
+@pytest.mark.slow
 def test_load_from_checkpoint_with_the_other_reco_setting_is_a_config_error(runs):
     with pytest.raises(ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"):
         MoCo.load_from_checkpoint(runs["moco_on"] / "checkpoints" / "last.ckpt", reco=None)
@@ -210,12 +219,14 @@ def test_load_from_checkpoint_with_the_other_reco_setting_is_a_config_error(runs
         )
 
 
+@pytest.mark.slow
 def test_load_from_checkpoint_of_the_same_method_still_loads(runs):
     model = MoCo.load_from_checkpoint(runs["moco_on"] / "checkpoints" / "last.ckpt")
     assert model.reco_enabled
     assert not SimCLR.load_from_checkpoint(runs["simclr_off"] / "checkpoints" / "last.ckpt").reco_enabled
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_the_method_record_is_still_recognised(runs, tmp_path):
     """Checkpoints written before the record: the method follows from the hyperparameters."""
     state = torch.load(runs["simclr_off"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -227,6 +238,7 @@ def test_a_checkpoint_without_the_method_record_is_still_recognised(runs, tmp_pa
     assert not SimCLR.load_from_checkpoint(old).reco_enabled
 
 
+@pytest.mark.slow
 def test_a_trainer_resuming_with_the_other_reco_setting_is_a_config_error(runs, tmp_path):
     """The Trainer's ``ckpt_path`` restore goes through ``on_load_checkpoint`` too (train.py
     checks the run's settings itself first; this is the module's own guard)."""
@@ -247,6 +259,7 @@ def test_a_trainer_resuming_with_the_other_reco_setting_is_a_config_error(runs, 
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
 
 
+@pytest.mark.slow
 def test_eval_on_cuda_without_a_gpu_is_one_line(runs, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -19,6 +19,9 @@ from reco_lightning.errors import ConfigError, NonFiniteLossError
 from reco_lightning.methods import METHODS
 from reco_lightning.train import train
 
+#: each test trains, interrupts and resumes whole runs: in `pytest -m slow`
+pytestmark = pytest.mark.slow
+
 #: two epochs of four steps: step 5 lies in the middle of the second epoch
 TWO_EPOCHS = ["trainer.max_epochs=2", "trainer.limit_train_batches=4"]
 

@@ -15,6 +15,9 @@ import torch
 from reco_lightning.errors import ConfigError, NonFiniteLossError
 from reco_lightning.train import train
 
+#: each test trains or runs the command line: in `pytest -m slow`
+pytestmark = pytest.mark.slow
+
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` and the hash of its bytes."""

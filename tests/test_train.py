@@ -60,6 +60,7 @@ def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, me
                [p.name for p in (tmp_path / "checkpoints").iterdir()])
 
 
+@pytest.mark.slow
 def test_reco_off_reproduces_the_plain_methods_loss(compose_config, tiny, tmp_path):
     """Same seed: `+reco=off` and no `+reco` give the same losses, step for step."""
     losses = []
@@ -108,6 +109,7 @@ def test_imagefolder_without_root_names_the_setting(compose_config, tiny, tmp_pa
         train(cfg, tmp_path)
 
 
+@pytest.mark.slow
 def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_path):
     from PIL import Image
 
@@ -130,6 +132,7 @@ def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_pa
         train(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
     from reco_lightning.train import build_datamodule, build_method, build_trainer
 
@@ -166,6 +169,7 @@ def test_zero_init_residual_setting_reaches_the_backbone(compose_config, tiny, t
     assert scales and all(bool(torch.count_nonzero(w)) is (setting == "false") for w in scales)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol"])
 def test_method_ema_moves_once_per_optimizer_step_with_accumulation(compose_config, tiny, tmp_path, method,
                                                                     monkeypatch):
@@ -214,6 +218,7 @@ class ExpectedTargets(L.Callback):
         self._check(pl_module)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol"])
 def test_method_ema_matches_a_hand_computed_ema_with_accumulation(compose_config, tiny, tmp_path, method):
     expected = ExpectedTargets()
@@ -223,6 +228,7 @@ def test_method_ema_matches_a_hand_computed_ema_with_accumulation(compose_config
     assert expected.checked == 5  # before each of the 4 micro-batches, and at the end
 
 
+@pytest.mark.slow
 def test_training_clock_logs_growing_training_time(compose_config, tiny, tmp_path):
     cfg = compose_config("+method=simclr", *tiny, "trainer.max_epochs=2")
     train(cfg, tmp_path)
@@ -230,6 +236,7 @@ def test_training_clock_logs_growing_training_time(compose_config, tiny, tmp_pat
     assert len(seconds) == 2 and 0 < seconds[0] < seconds[1]
 
 
+@pytest.mark.slow
 def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
     """Warm-up over one epoch of 3 steps: effective weights 0, 1/3, 2/3 (epoch mean 1/3)."""
     cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "reco.w_local=0.5")
