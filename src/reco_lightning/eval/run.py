@@ -61,13 +61,26 @@ def run_directory(checkpoint: Path) -> Path:
 def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained backbone of a reco_lightning checkpoint, and the run's hyperparameters."""
     state = read_checkpoint(checkpoint)  # a one-line ConfigError for truncated or foreign files
+    return backbone_from_state(state, checkpoint), state["hyper_parameters"]
+
+
+def backbone_from_state(state: dict[str, Any], checkpoint: Path) -> torch.nn.Module:
+    """The trained backbone (in eval mode) held by ``state``, a checkpoint's contents that
+    :func:`~reco_lightning.checkpoints.read_checkpoint` read from ``checkpoint``: the
+    ``backbone.*`` weights, without that prefix, in a freshly built backbone."""
     hparams = state["hyper_parameters"]
     if "backbone" not in hparams:
         raise ConfigError(f"checkpoint={checkpoint} is not a reco_lightning training checkpoint")
     backbone, _ = build_backbone(hparams["backbone"], hparams["backbone_width"], hparams["small_stem"])
     weights = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
-    backbone.load_state_dict(weights)
-    return backbone.eval(), hparams
+    try:
+        backbone.load_state_dict(weights)
+    except RuntimeError as error:  # missing, unexpected or misshapen keys: not this run's weights
+        raise ConfigError(
+            f"checkpoint={checkpoint}: its backbone.* weights do not fit the {hparams['backbone']} of width "
+            f"{hparams['backbone_width']} its hyperparameters describe ({str(error).splitlines()[0][:160]})"
+        ) from None
+    return backbone.eval()
 
 
 def _run_config(run_dir: Path) -> DictConfig | None:
@@ -253,4 +266,4 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DEFAULT_KNN", "evaluate", "format_table", "knn_settings", "load_backbone", "resolve_checkpoint"]
+__all__ = ["DEFAULT_KNN", "backbone_from_state", "evaluate", "format_table", "knn_settings", "load_backbone", "resolve_checkpoint"]
