@@ -41,15 +41,16 @@ arXiv 2211.01796) keeps the base method's loss and adds two *relation* terms:
 * a **local interpolation relation**: an image mixed in pixel space (CutMix by default) must
   embed where the same mix of the two images' embeddings lies.
 
-`reco_lightning` ships MoCo v2, SimCLR and BYOL with ReCo built in. This notebook adds ReCo
+`reco_lightning` ships MoCo v2, SimCLR and BYOL, each of which can hold a ReCo. This notebook adds ReCo
 to a method the package does **not** ship: **SimSiam** (Chen & He, 2021). SimSiam has an
 online encoder, a projector and a predictor; one branch's projection is the other branch's
 target under a stop-gradient, the loss is the negative cosine similarity, and there is no
 momentum encoder and no negatives.
 
-All the mixin needs from a module is two functions, the *online* and the *target* embedding
-of an image batch. It owns the relation bank and the queue of negatives, logs
-`train/loss_global` and `train/loss_local`, and fills its queues after each optimizer step.
+ReCo is one module, `ReCo`, that owns the relation bank, the queue of negatives and (for a
+method without a momentum encoder, like SimSiam) an EMA teacher. A model holds it and gets
+`reco_loss` from `ReCoMixin`; all ReCo needs from the model is its *online* embedding of an
+image batch (and its *target* embedding, where it has a momentum target network).
 """
     ),
     code(
@@ -66,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
-from reco_lightning import ReCoConfig, ReCoMixin
+from reco_lightning import ReCo, ReCoConfig, ReCoMixin
 from reco_lightning import SSLDataModule
 from reco_lightning.models import build_backbone, mlp_head
 
@@ -79,24 +80,25 @@ print("logs go to", LOG_DIR)
         r"""
 ## 1. A SimSiam module with ReCo
 
-Three rules make a module ReCo-ready:
+Three things make a module ReCo-ready, and none of them is a hook:
 
-1. **Subclass `ReCoMixin` before `LightningModule`**, so the mixin's `on_train_batch_end`
-   (which enqueues the step's keys) runs and then hands over to Lightning's.
+1. **Subclass `ReCoMixin`** (before or after `LightningModule`: the mixin has no hooks, so
+   the order does not matter). It gives the module `reco_loss`.
 2. **Provide `online_embedding`**, L2-normalised and with gradient: here the predictor
    output, the quantity SimSiam trains. A module with a momentum (EMA) target network also
    provides `target_embedding`. SimSiam has none, so it leaves `target_embedding` out and
-   the mixin keeps an EMA copy of the online network as ReCo's teacher (momentum 0.99,
+   ReCo keeps an EMA copy of the online network as its teacher (momentum 0.99,
    `reco.teacher=auto`), moved once per optimizer step. Scoring against the online network
    itself (`teacher="online"`) is what cost SimCLR 21 kNN points on CIFAR-10.
-3. **Call `setup_reco(config, embedding_dim, temperature=...)` in `__init__`, after
-   `super().__init__()`** (the queues are module buffers, so `nn.Module` must exist).
-   SimSiam has no temperature; we pass 0.2, the value the package uses for BYOL, which
-   has none either. `negatives=None` lets the mixin keep its own queue of negatives for the
-   local term, since SimSiam has none to lend (MoCo lends its key queue).
+3. **Hold a `ReCo` and add `self.reco_loss(batch)` to the loss.** `ReCo.from_settings(reco,
+   embedding_dim, self)` (None when the settings turn ReCo off) builds the module that owns
+   the relation bank, the queue of negatives and the EMA teacher; build it last in
+   `__init__`, when the networks its teacher copies exist. SimSiam has no temperature; ReCo's
+   local term uses 0.2, the value the package uses for BYOL, which has none either.
 
-In `training_step` the SimSiam loss is computed as usual, then
-`self.reco_loss(v1, v2, weak, q1=...).weighted` is added to it.
+One `reco_loss` call moves the teacher (if an optimizer step has passed), scores the batch
+against clones of the queues and enqueues the step's keys, so nothing has to happen in
+`on_train_batch_end`.
 """
     ),
     code(
@@ -110,9 +112,9 @@ class SimSiamReCo(ReCoMixin, L.LightningModule):
         self.backbone, feature_dim = build_backbone("resnet18", width, small_stem=True)
         self.projector = mlp_head(feature_dim, proj_dim, proj_dim)
         self.predictor = mlp_head(proj_dim, pred_hidden_dim, proj_dim)  # SimSiam's bottleneck
-        self.setup_reco(reco, proj_dim, temperature=0.2)
+        self.reco = ReCo.from_settings(reco, proj_dim, self)  # None = off
 
-    # -- the one function ReCoMixin needs (no target network: ReCo keeps an EMA teacher) ---
+    # -- the one function ReCo needs (no target network: ReCo keeps an EMA teacher) --------
     def online_embedding(self, images):
         return F.normalize(self.predictor(self.projector(self.backbone(images))), dim=1)
 
@@ -131,10 +133,9 @@ class SimSiamReCo(ReCoMixin, L.LightningModule):
         self.log("train/loss_method", loss_method.detach(), on_step=True, on_epoch=True, prog_bar=True)
 
         loss = loss_method
-        if self.reco_enabled:
+        if self.reco is not None:
             # p1 is exactly online_embedding(v1): passing it avoids recomputing it.
-            terms = self.reco_loss(v1, v2, batch["weak"], q1=p1)
-            loss = loss + terms.weighted
+            loss = loss + self.reco_loss(batch, q1=p1)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
         return loss
 
@@ -145,7 +146,7 @@ class SimSiamReCo(ReCoMixin, L.LightningModule):
     md(
         r"""
 **What ReCo costs here.** SimSiam already runs the online network on both strong views;
-passing `q1=p1` (the online embedding of `v1`) saves recomputing it. The mixin adds:
+passing `q1=p1` (the online embedding of `v1`) saves recomputing it. ReCo adds:
 
 * two **teacher** forward passes without gradient, over the weak view (teacher of the
   global term and the keys that go into the relation bank) and over `v2` (the second half
@@ -186,14 +187,14 @@ trainer = L.Trainer(
     default_root_dir=LOG_DIR,
 )
 trainer.fit(model, datamodule=datamodule)
-print("relation bank:", model.relation_bank, "- keys enqueued:", int(model.relation_bank.num_enqueued))
+print("relation bank:", model.reco.bank, "- keys enqueued:", int(model.reco.bank.num_enqueued))
 """
     ),
     md(
         r"""
 ## 3. Look at the three terms
 
-The method's loss is logged by our `training_step`, the two ReCo terms by the mixin. With
+The method's loss is logged by our `training_step`, the two ReCo terms by `reco_loss`. With
 `on_step=True` the CSV logger writes them per step with a `_step` suffix. The queues start
 empty, and rows that were never written are left out of both terms, so at step 0 the
 terms are skipped (with the warm-up their weight is 0 there anyway; an empty queue is
@@ -240,28 +241,28 @@ of the bank during the first steps (512 rows fill in 8 steps of 64).
 
 ## 4. Turning ReCo off, and its settings
 
-`setup_reco(None, ...)` (or a config with `enabled: False`) turns ReCo off and creates
-nothing: the module is exactly plain SimSiam. Guard the call to `reco_loss` with
-`self.reco_enabled`, as `training_step` above does, and build the data module without the
+`ReCo.from_settings(None, ...)` (or settings with `enabled: False`) gives `None`: the module
+holds no ReCo and is exactly plain SimSiam. Guard the call to `reco_loss` with
+`self.reco is not None`, as `training_step` above does, and build the data module without the
 weak view, so no time is spent augmenting it.
 """
     ),
     code(
         r"""
 plain = SimSiamReCo(reco=None)
-print("ReCo enabled:", plain.reco_enabled, "- has a relation bank:", hasattr(plain, "relation_bank"))
+print("ReCo:", plain.reco, "- ReCo state in the checkpoint:", any(k.startswith("reco.") for k in plain.state_dict()))
 print(ReCoConfig())  # the defaults
 """
     ),
     md(
         r"""
-The settings, passed as a dict (or a `ReCoConfig`) to `setup_reco`:
+The settings, passed as a dict (or a `ReCoConfig`) to `ReCo`:
 
 | setting | default | meaning |
 | --- | --- | --- |
 | `w_global`, `w_local` | 1.0, 1.0 | weights of the two terms in `weighted` |
 | `tau_student`, `tau_teacher` | 0.1, 0.04 | temperatures of the strong (student) and weak (teacher) distributions of the global term |
-| `tau_local` | `None` | the local term's temperature; `None` uses the `temperature` given to `setup_reco` |
+| `tau_local` | `None` | the local term's temperature; `None` uses the `temperature` given to `ReCo` (0.2) |
 | `alpha` | 1.0 | `lam ~ Beta(alpha, alpha)`, the mixing ratio |
 | `mix` | `"cutmix"` | or `"mixup"` |
 | `bank_size` | 16384 | relation bank: target embeddings of weak views |
@@ -272,8 +273,9 @@ The settings, passed as a dict (or a `ReCoConfig`) to `setup_reco`:
 | `warmup_epochs` | 2 | both weights rise linearly from 0 over this many epochs (without it ReCo cost SimCLR 5.5 kNN points on CIFAR-10) |
 
 Unknown keys are rejected with a message listing the valid ones. The built-in `MoCo`,
-`SimCLR` and `BYOL` in `reco_lightning.methods` use the same mixin and are worth reading
-next: MoCo lends its key queue through `setup_reco(..., negatives=...)`.
+`SimCLR` and `BYOL` in `reco_lightning.methods` hold the same `ReCo` module and are worth
+reading next: MoCo lends its key queue (`ReCo(..., borrows_negatives=True)`, and the queue's
+written rows from before its own keys as `negatives=` in each call).
 """
     ),
 ]

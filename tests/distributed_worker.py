@@ -3,6 +3,9 @@
 ``python tests/distributed_worker.py queues OUT_DIR OVERRIDES...``
     trains through :func:`reco_lightning.train.train` with ``strategy=ddp_cpu`` and saves
     every queue buffer of this rank to ``OUT_DIR/queues_rank{r}.pt``.
+``python tests/distributed_worker.py knn OUT_DIR``
+    feeds this rank's uneven share of a fixed bank and query set to a ``KNNMonitor`` and
+    saves what ``compute`` returns (gathered over both ranks).
 ``python tests/distributed_worker.py simclr-grad OUT_DIR``
     computes SimCLR's loss on this rank's half of a fixed global batch, back-propagates,
     averages the gradients over ranks as DDP does, and saves loss and gradients.
@@ -80,11 +83,36 @@ def run_simclr_grad(out_dir: Path) -> None:
     dist.destroy_process_group()
 
 
+def knn_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bank and queries of 9 and 5 images: shares of 5/4 and 3/2 images per rank."""
+    generator = torch.Generator().manual_seed(3)
+    bank = torch.randn(9, 6, generator=generator)
+    queries = torch.randn(5, 6, generator=generator)
+    return bank, torch.arange(9) % 3, queries, torch.tensor([0, 1, 2, 0, 1])
+
+
+def run_knn(out_dir: Path) -> None:
+    from reco_lightning.metrics import KNNMonitor
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    bank, bank_labels, queries, query_labels = knn_data()
+    bank_rows, query_rows = (slice(0, 5), slice(0, 3)) if rank == 0 else (slice(5, 9), slice(3, 5))
+    monitor = KNNMonitor(num_classes=3, k=3)
+    monitor.update(bank[bank_rows], bank_labels[bank_rows], bank=True)
+    monitor.update(queries[query_rows], query_labels[query_rows], bank=False)
+    result = monitor.compute()
+    torch.save(result._asdict(), out_dir / f"knn_rank{rank}.pt")
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "queues":
         run_queues(out, sys.argv[3:])
+    elif mode == "knn":
+        run_knn(out)
     elif mode == "simclr-grad":
         run_simclr_grad(out)
     else:

@@ -60,11 +60,31 @@ def test_queues_are_identical_on_both_ranks(tmp_path, method, augment_on):
     run_two_ranks("queues", str(tmp_path), *overrides)
     rank0 = torch.load(tmp_path / "queues_rank0.pt")
     rank1 = torch.load(tmp_path / "queues_rank1.pt")
-    assert rank0.keys() == rank1.keys() and any(name.startswith("relation_bank") for name in rank0)
+    assert rank0.keys() == rank1.keys() and any(name.startswith("reco.bank.") for name in rank0)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     # every step enqueued the keys of both ranks: 3 steps x 2 ranks x 16 images
-    assert int(rank0["relation_bank.num_enqueued"]) == 3 * 2 * 16
+    assert int(rank0["reco.bank.num_enqueued"]) == 3 * 2 * 16
+
+
+def test_knn_monitor_gathers_uneven_shares_once_each(tmp_path):
+    """torchmetrics pads, gathers and trims: two ranks with shares of 5/4 bank and 3/2 query
+    images give the one-process accuracy, with every query once, in rank order."""
+    from reco_lightning.metrics import KNNMonitor
+
+    from .distributed_worker import knn_data
+
+    run_two_ranks("knn", str(tmp_path))
+    bank, bank_labels, queries, query_labels = knn_data()
+    single = KNNMonitor(num_classes=3, k=3)
+    single.update(bank, bank_labels, bank=True)
+    single.update(queries, query_labels, bank=False)
+    expected = single.compute()
+    for rank in range(2):
+        got = torch.load(tmp_path / f"knn_rank{rank}.pt")
+        assert got["accuracy"] == expected.accuracy
+        torch.testing.assert_close(got["query_features"], queries)
+        assert torch.equal(got["query_labels"], query_labels)
 
 
 def test_simclr_two_ranks_match_one_process_on_the_global_batch(tmp_path):

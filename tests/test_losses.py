@@ -310,3 +310,26 @@ def test_weighted_knn_normalises_features_and_chunks():
     assert out.tolist() == expected
     accuracy = knn_accuracy(train, labels, queries, torch.tensor([0, 1, 1]), 2, k=3, temperature=0.1)
     assert accuracy == pytest.approx(2 / 3)
+
+
+def test_knn_monitor_matches_knn_accuracy_over_batches_and_resets():
+    """The Metric collects bank and query batches and gives the same accuracy as the
+    function on all of them at once; reset empties it for the next epoch."""
+    from reco_lightning.metrics import KNNMonitor, knn_accuracy
+
+    generator = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(40, 8, generator=generator), torch.randn(12, 8, generator=generator)
+    bank_labels, query_labels = torch.arange(40) % 4, torch.arange(12) % 4
+    monitor = KNNMonitor(num_classes=4, k=5, temperature=0.07)
+    assert not monitor.has_data()
+    for rows in (slice(0, 25), slice(25, 40)):
+        monitor.update(bank[rows], bank_labels[rows], bank=True)
+    monitor.update(queries[:7], query_labels[:7], bank=False)
+    monitor.update(queries[7:], query_labels[7:], bank=False)
+    result = monitor.compute()
+    expected = knn_accuracy(bank, bank_labels, queries, query_labels, 4, 5, 0.07)
+    assert result.accuracy.item() == pytest.approx(expected)
+    assert torch.equal(result.query_features, queries) and torch.equal(result.query_labels, query_labels)
+    monitor.reset()
+    assert not monitor.has_data()
+    assert "bank_features" not in monitor.state_dict()  # not saved in checkpoints

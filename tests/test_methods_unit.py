@@ -63,7 +63,8 @@ def build(cls, reco=None, seed: int = 0, **kwargs):
 def fill_reco_queues(model) -> None:
     """Write ReCo's queues whole (unwritten rows are left out, so fresh queues skip both terms)."""
     generator = torch.Generator().manual_seed(123)
-    for queue in (model.relation_bank, model.reco_negatives):
+    negatives = model.reco.negatives if model.reco.negatives is not None else model.queue  # MoCo lends its own
+    for queue in (model.reco.bank, negatives):
         keys = torch.randn(queue.size, queue.features.shape[1], generator=generator)
         queue.enqueue(nn.functional.normalize(keys, dim=1))
 
@@ -115,7 +116,7 @@ def test_reco_step_adds_weighted_terms(cls, monkeypatch):
     model = build(cls, RECO_ON)
     fill_reco_queues(model)
     seen = {}
-    original = type(model).reco_loss
+    original = type(model.reco).forward
 
     def spy(self, *args, **kwargs):
         seen["terms"] = original(self, *args, **kwargs)
@@ -127,7 +128,7 @@ def test_reco_step_adds_weighted_terms(cls, monkeypatch):
         seen["method"] = original_step(self, v1, v2)
         return seen["method"]
 
-    monkeypatch.setattr(type(model), "reco_loss", spy)
+    monkeypatch.setattr(type(model.reco), "forward", spy)
     monkeypatch.setattr(type(model), "method_step", method_spy)
     batch = make_batch()
     loss = model.training_step(batch, 0)
@@ -253,33 +254,30 @@ def test_moco_scores_queue_before_step_and_enqueues_after(symmetric):
         q2 = model.online_embedding(v2)
 
     output = model.method_step(v1, v2)
-    assert torch.equal(model.queue.features, queue_before)
-    assert int(model.queue.pointer) == 0
+    # scored against the queue as it was before the step: not against its own keys
     expected = info_nce_loss(q1, k2, queue_before, 0.2)
     if symmetric:
         expected = (expected + info_nce_loss(q2, k1, queue_before, 0.2)) / 2
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-
-    model.training_step(batch, 0)
-    assert torch.equal(model.queue.features, queue_before)  # the whole step leaves it too
-    model.on_train_batch_end(None, batch, 0)
+    # and the keys went in during the same call, once
     n = 2 * B if symmetric else B
     assert int(model.queue.pointer) == n and int(model.queue.num_enqueued) == n
     keys = torch.cat([k1, k2]) if symmetric else k2
     assert torch.allclose(model.queue.features[:n], keys, atol=1e-5)
     assert torch.equal(model.queue.features[n:], queue_before[n:])
-    # enqueued once per step
-    model.on_train_batch_end(None, batch, 0)
+    # the loss still backpropagates: enqueueing did not overwrite what autograd saved
+    output.loss.backward()
+    model.on_train_batch_end(None, batch, 0)  # the EMA hook does not touch the queue
     assert int(model.queue.num_enqueued) == n
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_moco_with_reco_borrows_queue_and_only_moco_fills_it(symmetric):
     model = build(MoCo, RECO_ON, symmetric=symmetric)
-    assert model.reco_negatives is model.queue
+    assert model.reco.borrows_negatives and model.reco.negatives is None
     state = model.state_dict()
-    assert "queue.features" in state and "relation_bank.features" in state
-    assert not any(name.startswith("reco_negatives") for name in state)
+    assert "queue.features" in state and "reco.bank.features" in state
+    assert not any(name.startswith("reco.negatives") for name in state)
 
     batch = make_batch()
     for step in range(2):
@@ -288,21 +286,38 @@ def test_moco_with_reco_borrows_queue_and_only_moco_fills_it(symmetric):
         model.on_train_batch_end(None, batch, step)
         per_step = 2 * B if symmetric else B
         assert int(model.queue.num_enqueued) == per_step * (step + 1)
-        assert int(model.relation_bank.num_enqueued) == B * (step + 1)
+        assert int(model.reco.bank.num_enqueued) == B * (step + 1)
+
+
+def test_moco_lends_reco_the_queue_as_it_was_before_its_keys(monkeypatch):
+    """ReCo's local term scores MoCo's written queue rows from before this step's enqueue."""
+    model = build(MoCo, RECO_ON)
+    keys = nn.functional.normalize(torch.randn(3 * B, 16), dim=1)
+    model.queue.enqueue(keys)
+    lent = {}
+    original = type(model.reco).forward
+
+    def spy(self, *args, **kwargs):
+        lent["negatives"] = kwargs["negatives"].clone()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.reco), "forward", spy)
+    model.training_step(make_batch(), 0)
+    assert torch.equal(lent["negatives"], keys)  # 3 batches written, this step's keys not among them
+    assert int(model.queue.num_enqueued) == 4 * B
 
 
 @pytest.mark.parametrize("cls", [SimCLR, BYOL], ids=lambda c: c.__name__)
 def test_reco_queues_of_methods_without_queue(cls, fake_total_steps):
     model = build(cls, RECO_ON)
-    assert model.reco_negatives is not getattr(model, "queue", None)
-    assert "reco_negatives.features" in model.state_dict()
+    assert model.reco.negatives is not None and not model.reco.borrows_negatives
+    assert "reco.negatives.features" in model.state_dict()
     batch = make_batch()
-    bank_before = model.relation_bank.features.clone()
-    model.training_step(batch, 0)
-    assert torch.equal(model.relation_bank.features, bank_before)
-    model.on_train_batch_end(None, batch, 0)
-    assert int(model.relation_bank.num_enqueued) == B
-    assert int(model.reco_negatives.num_enqueued) == B
+    loss = model.training_step(batch, 0)
+    # one call scores and enqueues: no hook is needed, and backward still works after it
+    assert int(model.reco.bank.num_enqueued) == B
+    assert int(model.reco.negatives.num_enqueued) == B
+    loss.backward()
 
 
 def test_simclr_reco_negatives_are_detached_second_view_embeddings():
@@ -311,8 +326,7 @@ def test_simclr_reco_negatives_are_detached_second_view_embeddings():
     with torch.no_grad():
         z2 = model.online_embedding(batch["strong"][1])
     model.training_step(batch, 0)
-    model.on_train_batch_end(None, batch, 0)
-    assert torch.allclose(model.reco_negatives.features[:B], z2, atol=1e-5)
+    assert torch.allclose(model.reco.negatives.features[:B], z2, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- reproducibility

@@ -65,3 +65,14 @@ def test_notebook_executes_and_plots(tmp_path, monkeypatch):
 
     # The notebook logs into its own temporary directory, never into the working directory.
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_the_user_module_needs_little_glue():
+    """The tutorial's whole SimSiam-with-ReCo module is at most 30 lines of code, and its
+    ReCo glue is the three things the README promises: no hook, no setup call."""
+    source = next(cell.source for cell in _load().cells if "class SimSiamReCo" in cell.source)
+    code = [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(code) <= 30, f"{len(code)} lines"
+    assert "def on_train_batch_end" not in source and "setup_reco" not in source
+    glue = [line for line in code if "reco" in line.lower() and "def " not in line]
+    assert len(glue) <= 4, glue

@@ -1,4 +1,5 @@
-"""ReCoMixin on a tiny user LightningModule: gradients, queues, composition and config checks."""
+"""ReCoMixin and the ReCo module on a tiny user LightningModule: gradients, queues,
+composition and config checks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reco_lightning.errors import ConfigError
-from reco_lightning.reco import ReCoConfig, ReCoMixin, mixin as mixin_module
+from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin, module as reco_module
+from reco_lightning.reco.module import as_config
 from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from reco_lightning.reco.mixing import mix_views
 from reco_lightning.reco.queue import FeatureQueue
@@ -33,22 +35,31 @@ class Tiny(ReCoMixin, L.LightningModule):
 
     The target encoder is "frozen" only in that nothing trains it: its parameters keep
     ``requires_grad=True`` and ``target_embedding`` has no ``no_grad`` of its own, so the
-    tests below check that the mixin itself keeps gradients out of the target branch.
+    tests below check that ReCo itself keeps gradients out of the target branch. With a
+    queue of its own (``negatives``) it lends ReCo that queue's written rows.
     """
 
     def __init__(self, reco=CONFIG, negatives: FeatureQueue | None = None, temperature: float = 0.2) -> None:
         super().__init__()
         self.online = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.target = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
-        if negatives is not None:
-            self.keys = negatives  # the module's own queue, lent to the mixin
-        self.setup_reco(reco, DIM, temperature=temperature, negatives=negatives)
+        self.keys = negatives
+        settings = as_config(reco)
+        self.reco = None if settings is None else ReCo(
+            settings, DIM, self, temperature=temperature, borrows_negatives=negatives is not None
+        )
 
     def online_embedding(self, images):
         return F.normalize(self.online(images), dim=1)
 
     def target_embedding(self, images):
         return F.normalize(self.target(images), dim=1)
+
+    def terms(self, v1, v2, w, **kwargs):
+        """One ReCo call, returning all it computed (``reco_loss`` returns the sum only)."""
+        if self.keys is not None and "negatives" not in kwargs:
+            kwargs["negatives"] = self.keys.filled().clone()
+        return self.reco(self, v1, v2, w, **kwargs)
 
 
 def _batch(seed: int = 0):
@@ -66,30 +77,18 @@ def _tiny(reco=CONFIG, seed: int = 0, fill: bool = True, **kwargs) -> Tiny:
     """A Tiny module; with ``fill`` its queues are fully written, so both terms are computed."""
     torch.manual_seed(seed)
     model = Tiny(reco, **kwargs)
-    if fill and model.reco_enabled:
-        _fill(model.relation_bank, seed + 100)
-        if model._reco_owns_negatives:
-            _fill(model.reco_negatives, seed + 200)
+    if fill and model.reco is not None:
+        _fill(model.reco.bank, seed + 100)
+        if model.reco.negatives is not None:
+            _fill(model.reco.negatives, seed + 200)
     return model
-
-
-def _queue_state(model):
-    return [
-        (q.features.clone(), int(q.pointer), int(q.num_enqueued))
-        for q in (model.relation_bank, model.reco_negatives)
-    ]
-
-
-def _assert_same_queues(a, b):
-    for (fa, pa, na), (fb, pb, nb) in zip(a, b):
-        assert torch.equal(fa, fb) and pa == pb and na == nb
 
 
 # --------------------------------------------------------------------------- (a), (b) gradients
 def test_weighted_gradient_reaches_online_not_target_nor_queues():
     model = _tiny()
     v1, v2, w = _batch()
-    terms = model.reco_loss(v1, v2, w)
+    terms = model.terms(v1, v2, w)
     assert torch.isfinite(terms.weighted)
     terms.weighted.backward()
     for p in model.online.parameters():
@@ -97,7 +96,7 @@ def test_weighted_gradient_reaches_online_not_target_nor_queues():
     for p in model.target.parameters():
         assert p.requires_grad  # so only the mixin can be what keeps the gradient out
         assert p.grad is None
-    for q in (model.relation_bank, model.reco_negatives):
+    for q in (model.reco.bank, model.reco.negatives):
         assert not q.features.requires_grad and q.features.grad is None
 
 
@@ -106,7 +105,7 @@ def test_explicit_k2_with_grad_is_detached():
     v1, v2, w = _batch()
     k2 = model.target_embedding(v2)  # carries a graph into the target encoder
     assert k2.requires_grad
-    model.reco_loss(v1, v2, w, k2=k2).weighted.backward()
+    model.terms(v1, v2, w, k2=k2).weighted.backward()
     for p in model.target.parameters():
         assert p.grad is None
     assert model.online[1].weight.grad is not None
@@ -116,7 +115,7 @@ def test_explicit_k2_with_grad_is_detached():
 def test_each_term_has_gradient_into_online(term):
     model = _tiny()
     v1, v2, w = _batch()
-    terms = model.reco_loss(v1, v2, w)
+    terms = model.terms(v1, v2, w)
     getattr(terms, term).backward()
     weight = model.online[1].weight
     assert weight.grad is not None and weight.grad.abs().sum() > 0
@@ -128,7 +127,7 @@ def test_weights_combine_the_terms():
     for w_global, w_local in [(1.0, 1.0), (2.0, 0.5), (0.3, 4.0)]:
         model = _tiny({**CONFIG, "w_global": w_global, "w_local": w_local})
         torch.manual_seed(1)
-        terms = model.reco_loss(v1, v2, w)
+        terms = model.terms(v1, v2, w)
         assert terms.global_.item() > 0 and terms.local.item() > 0
         expected = w_global * terms.global_ + w_local * terms.local
         assert torch.allclose(terms.weighted, expected)
@@ -138,10 +137,10 @@ def test_weights_combine_the_terms():
 def test_a_zero_weight_skips_its_term(zero, kept, monkeypatch):
     """A term with weight 0 is not computed at all (no mixed forward pass for w_local=0)."""
     calls = []
-    monkeypatch.setattr(mixin_module, "mix_views", lambda *a: calls.append(a) or mix_views(*a))
+    monkeypatch.setattr(reco_module, "mix_views", lambda *a: calls.append(a) or mix_views(*a))
     model = _tiny({**CONFIG, zero: 0.0})
     torch.manual_seed(1)
-    terms = model.reco_loss(*_batch())
+    terms = model.terms(*_batch())
     skipped = "global_" if kept == "local" else "local"
     assert getattr(terms, skipped) is None
     assert terms.weighted.item() == pytest.approx(getattr(terms, kept).item())
@@ -152,10 +151,10 @@ def test_a_zero_weight_skips_its_term(zero, kept, monkeypatch):
 def test_terms_follow_reco_definitions():
     model = _tiny({**CONFIG, "tau_student": 0.3, "tau_teacher": 0.05})
     v1, v2, w = _batch()
-    bank = model.relation_bank.features.clone()
-    negatives = model.reco_negatives.features.clone()
+    bank = model.reco.bank.features.clone()
+    negatives = model.reco.negatives.features.clone()
     torch.manual_seed(7)
-    terms = model.reco_loss(v1, v2, w)
+    terms = model.terms(v1, v2, w)
 
     with torch.no_grad():
         q1 = model.online_embedding(v1)
@@ -171,72 +170,92 @@ def test_terms_follow_reco_definitions():
 
 
 def test_tau_local_defaults_to_method_temperature_and_can_be_overridden():
-    assert _tiny(temperature=0.3).reco_tau_local == 0.3
-    assert _tiny({**CONFIG, "tau_local": 0.7}, temperature=0.3).reco_tau_local == 0.7
+    assert _tiny(temperature=0.3).reco.tau_local == 0.3
+    assert _tiny({**CONFIG, "tau_local": 0.7}, temperature=0.3).reco.tau_local == 0.7
 
 
 def test_mixup_mode_is_used(monkeypatch):
     seen = []
-    original = mixin_module.mix_views
+    original = reco_module.mix_views
 
     def spy(first, second, mode, alpha):
         seen.append((mode, alpha))
         return original(first, second, mode, alpha)
 
-    monkeypatch.setattr(mixin_module, "mix_views", spy)
+    monkeypatch.setattr(reco_module, "mix_views", spy)
     model = _tiny({**CONFIG, "mix": "mixup", "alpha": 0.5})
-    model.reco_loss(*_batch())
+    model.terms(*_batch())
     assert seen == [("mixup", 0.5)]
 
 
 # --------------------------------------------------------------------------- (c), (d) queues
-def test_reco_loss_leaves_queues_and_batch_end_fills_them():
-    model = _tiny(fill=False)
-    v1, v2, w = _batch()
-    before = _queue_state(model)
-    model.reco_loss(v1, v2, w)
-    _assert_same_queues(_queue_state(model), before)
+def test_one_call_scores_the_queues_as_they_were_then_fills_them(monkeypatch):
+    """lightly's pattern: score against clones, enqueue in the same call, no hook."""
+    scored = {}
+    for name in ("global_relation_loss", "local_interpolation_loss"):
+        original = getattr(reco_module, name)
 
-    model.on_train_batch_end(None, None, 0)
+        def spy(*args, _name=name, _original=original):
+            scored[_name] = args[2].detach().clone()  # the bank / the negatives
+            return _original(*args)
+
+        monkeypatch.setattr(reco_module, name, spy)
+    model = _tiny()
+    v1, v2, w = _batch()
+    bank_before, negatives_before = model.reco.bank.features.clone(), model.reco.negatives.features.clone()
+    loss = model.reco_loss((v1, v2, w))
+    assert torch.equal(scored["global_relation_loss"], bank_before)
+    assert torch.equal(scored["local_interpolation_loss"], negatives_before)
     with torch.no_grad():
         weak_keys = model.target_embedding(w)
         k2 = model.target_embedding(v2)
-    assert torch.allclose(model.relation_bank.features[:B], weak_keys, atol=1e-6)
-    assert torch.allclose(model.reco_negatives.features[:B], k2, atol=1e-6)
-    assert torch.equal(model.relation_bank.features[B:], before[0][0][B:])
-    assert torch.equal(model.reco_negatives.features[B:], before[1][0][B:])
-    assert int(model.relation_bank.pointer) == B and int(model.reco_negatives.pointer) == B
+    # this step's keys went in after scoring, at the oldest rows (the queues were full)
+    assert torch.allclose(model.reco.bank.features[:B], weak_keys, atol=1e-6)
+    assert torch.allclose(model.reco.negatives.features[:B], k2, atol=1e-6)
+    assert torch.equal(model.reco.bank.features[B:], bank_before[B:])
+    assert int(model.reco.bank.num_enqueued) == 16 + B and int(model.reco.negatives.num_enqueued) == 16 + B
+    # and backward still works: the enqueue did not touch what autograd saved
+    loss.backward()
+    assert model.online[1].weight.grad.abs().sum() > 0
 
-    # the keys are enqueued once: a second hook call without a new step adds nothing
-    model.on_train_batch_end(None, None, 1)
-    assert int(model.relation_bank.num_enqueued) == B and int(model.reco_negatives.num_enqueued) == B
+
+def test_reco_loss_takes_the_datamodules_batch_and_needs_its_weak_view():
+    model = _tiny()
+    v1, v2, w = _batch()
+    torch.manual_seed(5)
+    from_dict = model.reco_loss({"strong": [v1, v2], "weak": w, "label": torch.zeros(B)})
+    fresh = _tiny()
+    torch.manual_seed(5)
+    from_tuple = fresh.reco_loss((v1, v2, w))
+    assert from_dict.item() == pytest.approx(from_tuple.item(), rel=1e-6) and from_dict.item() > 0
+    with pytest.raises(ValueError, match="weak_view=True"):
+        model.reco_loss({"strong": [v1, v2]})
 
 
 def test_bank_never_scores_the_current_batch(monkeypatch):
     scored_banks = []
-    original = mixin_module.global_relation_loss
+    original = reco_module.global_relation_loss
 
     def spy(student, teacher, bank, tau_s, tau_t):
         scored_banks.append(bank.detach().clone())
         return original(student, teacher, bank, tau_s, tau_t)
 
-    monkeypatch.setattr(mixin_module, "global_relation_loss", spy)
+    monkeypatch.setattr(reco_module, "global_relation_loss", spy)
     model = _tiny()
     first, second = _batch(0), _batch(1)
     with torch.no_grad():
         weak1 = model.target_embedding(first[2])
         weak2 = model.target_embedding(second[2])
-    bank_at_start = model.relation_bank.features.clone()
+    bank_at_start = model.reco.bank.features.clone()
 
     def contains(bank, keys):
         return bool((torch.cdist(keys, bank) < 1e-5).any())
 
-    model.reco_loss(*first)
+    model.reco_loss(first)
     assert torch.equal(scored_banks[0], bank_at_start)
     assert not contains(scored_banks[0], weak1)
-    model.on_train_batch_end(None, None, 0)
 
-    model.reco_loss(*second)
+    model.reco_loss(second)
     # the previous step's keys are in the bank now, this step's are not
     assert contains(scored_banks[1], weak1)
     assert not contains(scored_banks[1], weak2)
@@ -244,20 +263,22 @@ def test_bank_never_scores_the_current_batch(monkeypatch):
 
 # --------------------------------------------------------------------------- (e) explicit q1/k2
 def test_explicit_q1_k2_give_same_terms():
-    model = _tiny()
+    """Passing the method's q1 and k2 gives the terms ReCo computes itself (each call
+    enqueues, so each comparison uses a fresh, identical model)."""
     v1, v2, w = _batch()
+    first, model, third = _tiny(), _tiny(), _tiny()
     torch.manual_seed(3)
-    implicit = model.reco_loss(v1, v2, w)
+    implicit = first.terms(v1, v2, w)
     q1 = model.online_embedding(v1)
     k2 = model.target_embedding(v2).detach()
     torch.manual_seed(3)
-    explicit = model.reco_loss(v1, v2, w, q1=q1, k2=k2)
+    explicit = model.terms(v1, v2, w, q1=q1, k2=k2)
     assert explicit.global_.item() == pytest.approx(implicit.global_.item(), rel=1e-6)
     assert explicit.local.item() == pytest.approx(implicit.local.item(), rel=1e-6)
     assert explicit.weighted.item() == pytest.approx(implicit.weighted.item(), rel=1e-6)
     # a different seed gives a different mix, so the comparison above is not vacuous
     torch.manual_seed(4)
-    other = model.reco_loss(v1, v2, w, q1=q1, k2=k2)
+    other = third.terms(v1, v2, w, q1=q1, k2=k2)
     assert other.local.item() != pytest.approx(implicit.local.item(), rel=1e-6)
 
 
@@ -265,42 +286,42 @@ def test_explicit_q1_k2_give_same_terms():
 @pytest.mark.parametrize("reco", [None, {"enabled": False}, {"enabled": False, "bank_size": 8}])
 def test_reco_off_creates_nothing(reco):
     model = _tiny(reco)
-    assert model.reco_enabled is False
-    state = model.state_dict()
-    assert not any(name.startswith(("relation_bank", "reco_negatives")) for name in state)
-    assert not hasattr(model, "relation_bank")
-    with pytest.raises(RuntimeError, match="setup_reco"):
-        model.reco_loss(*_batch())
-    model.on_train_batch_end(None, None, 0)  # a no-op, not an error
+    assert model.reco is None
+    assert not any(name.startswith("reco.") for name in model.state_dict())
+    with pytest.raises(RuntimeError, match=r"self\.reco = ReCo\("):
+        model.reco_loss(_batch())
 
 
 def test_reco_on_registers_queues_in_state_dict():
     model = _tiny()
-    assert model.reco_enabled
     state = model.state_dict()
-    assert "relation_bank.features" in state and "reco_negatives.features" in state
-    assert state["relation_bank.features"].shape == (16, DIM)
-    assert model.reco_config == ReCoConfig(bank_size=16, negatives_size=16)
+    assert "reco.bank.features" in state and "reco.negatives.features" in state
+    assert state["reco.bank.features"].shape == (16, DIM)
+    assert model.reco.config == ReCoConfig(bank_size=16, negatives_size=16)
 
 
-def test_setup_reco_accepts_config_object():
+def test_reco_accepts_config_object():
     model = _tiny(ReCoConfig(bank_size=8, negatives_size=12))
-    assert model.relation_bank.size == 8 and model.reco_negatives.size == 12
+    assert model.reco.bank.size == 8 and model.reco.negatives.size == 12
 
 
-def test_setup_reco_accepts_any_mapping():
+def test_reco_accepts_any_mapping():
     """A Hydra user passes ``cfg.reco``: an OmegaConf DictConfig, a Mapping but not a dict.
 
-    It must be validated and turned into a ReCoConfig like a dict is (this package is
-    configured with Hydra, so this is the natural way to call setup_reco).
+    It must be validated and turned into a ReCoConfig like a dict is.
     """
     from omegaconf import OmegaConf
 
     model = _tiny(OmegaConf.create(CONFIG))
-    assert isinstance(model.reco_config, ReCoConfig)
-    assert model.relation_bank.size == 16
+    assert isinstance(model.reco.config, ReCoConfig)
+    assert model.reco.bank.size == 16
     with pytest.raises(ConfigError, match=r"reco\.tau_teacher"):
         _tiny(OmegaConf.create({**CONFIG, "tau_teacher": 0}))
+
+
+def test_building_reco_with_reco_off_is_refused():
+    with pytest.raises(ConfigError, match="enabled=false"):
+        ReCo({"enabled": False}, DIM, nn.Linear(2, 2))
 
 
 # --------------------------------------------------------------------------- (g) config checks
@@ -343,49 +364,64 @@ def test_from_mapping_defaults_and_off():
 
 
 # --------------------------------------------------------------------------- (h) borrowed queue
-def test_borrowed_negatives_not_duplicated_and_not_filled_by_mixin():
+def test_borrowed_negatives_not_duplicated_and_not_filled_by_reco():
     torch.manual_seed(0)
     own = FeatureQueue(16, DIM, name="method.queue_size")
     _fill(own)
     model = _tiny(CONFIG, negatives=own)
-    assert model.reco_negatives is own
+    assert model.reco.negatives is None and model.reco.borrows_negatives
     state = model.state_dict()
     assert "keys.features" in state
-    assert not any(name.startswith("reco_negatives") for name in state)
+    assert not any(name.startswith("reco.negatives") for name in state)
     assert sum(1 for name in state if name.endswith(".features")) == 2  # keys + relation bank
 
     before = own.features.clone()
-    v1, v2, w = _batch()
-    terms = model.reco_loss(v1, v2, w)
+    terms = model.terms(*_batch())
     terms.weighted.backward()
-    model.on_train_batch_end(None, None, 0)
     assert torch.equal(own.features, before)
     assert int(own.pointer) == 0 and int(own.num_enqueued) == 16  # as _fill left it
-    assert int(model.relation_bank.num_enqueued) == 16 + B  # the bank is still the mixin's to fill
+    assert int(model.reco.bank.num_enqueued) == 16 + B  # the bank is still ReCo's to fill
 
 
 def test_borrowed_negatives_are_the_ones_scored(monkeypatch):
     scored = []
-    original = mixin_module.local_interpolation_loss
+    original = reco_module.local_interpolation_loss
 
     def spy(mixed, target, negatives, *args):
         scored.append(negatives)
         return original(mixed, target, negatives, *args)
 
-    monkeypatch.setattr(mixin_module, "local_interpolation_loss", spy)
+    monkeypatch.setattr(reco_module, "local_interpolation_loss", spy)
     own = FeatureQueue(16, DIM)
     _fill(own)
     model = _tiny(CONFIG, negatives=own)
-    model.reco_loss(*_batch())
-    assert scored[0].data_ptr() == own.features.data_ptr() and scored[0].shape == own.features.shape
+    lent = own.filled().clone()
+    model.terms(*_batch(), negatives=lent)
+    assert scored[0] is lent
 
 
-def test_wrong_base_order_is_refused_with_the_fix():
-    """LightningModule before ReCoMixin would skip the mixin's on_train_batch_end."""
-    class Backwards(L.LightningModule, ReCoMixin):
-        def __init__(self):
-            super().__init__()
-            self.setup_reco({}, 4)
+def test_a_borrowing_reco_without_lent_negatives_says_so():
+    own = FeatureQueue(16, DIM)
+    model = _tiny(CONFIG, negatives=own)
+    with pytest.raises(RuntimeError, match="negatives="):
+        model.reco(model, *_batch())
 
-    with pytest.raises(TypeError, match=r"class Backwards\(ReCoMixin, LightningModule\)"):
-        Backwards()
+
+@pytest.mark.parametrize("order", ["mixin first", "mixin last"])
+def test_either_base_order_works(order):
+    """The mixin has no hooks, so where it sits among the bases does not matter."""
+    bases = (ReCoMixin, L.LightningModule) if order == "mixin first" else (L.LightningModule, ReCoMixin)
+
+    def init(self):
+        L.LightningModule.__init__(self)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
+        self.reco = ReCo(CONFIG, DIM, self)
+
+    Either = type("Either", bases, {
+        "__init__": init, "online_embedding": lambda self, x: F.normalize(self.net(x), dim=1),
+    })
+    model = Either()
+    for seed in range(5):  # four batches fill the bank and negatives, the fifth is scored
+        loss = model.reco_loss(_batch(seed))
+    assert loss.item() > 0
+    assert int(model.reco.bank.num_enqueued) == 5 * B

@@ -43,12 +43,14 @@ def queues(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("signum", "augment_on"),
-    [(signal.SIGTERM, "cpu"), (signal.SIGTERM, "device"), pytest.param(signal.SIGINT, "cpu", marks=pytest.mark.slow)],
+    ("signum", "augment_on", "method"),
+    [(signal.SIGTERM, "cpu", "moco"), (signal.SIGTERM, "device", "moco"), (signal.SIGINT, "cpu", "moco"),
+     (signal.SIGTERM, "cpu", "simclr")],
 )
 def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_config, tiny, tmp_path, signum,
-                                                                     augment_on):
-    overrides = ["+method=moco", "+reco=on", *tiny, *TWO_EPOCHS, f"dataset.augment_on={augment_on}"]
+                                                                     augment_on, method):
+    """MoCo: its queue lent to ReCo; SimCLR: ReCo's own negatives and EMA teacher."""
+    overrides = [f"+method={method}", "+reco=on", *tiny, *TWO_EPOCHS, f"dataset.augment_on={augment_on}"]
     straight = train(compose_config(*overrides), tmp_path / "straight")
 
     interrupted = tmp_path / "interrupted"
@@ -67,13 +69,23 @@ def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_confi
     assert resumed["knn_acc_random_init"] == straight["knn_acc_random_init"]
     expected = queues(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     got = queues(interrupted / "checkpoints" / "last.ckpt")
-    assert expected.keys() == got.keys() and len(expected) == 6  # MoCo's queue and ReCo's bank
+    assert expected.keys() == got.keys() and len(expected) == 6  # MoCo's queue or ReCo's negatives, and the bank
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
+    if method == "simclr":  # ReCo's own teacher moved exactly as in the straight run
+        teacher = {k: v for k, v in weights(tmp_path / "straight").items() if k.startswith("reco.teacher.")}
+        resumed_teacher = {k: v for k, v in weights(interrupted).items() if k.startswith("reco.teacher.")}
+        assert teacher and teacher.keys() == resumed_teacher.keys()
+        for name in teacher:
+            torch.testing.assert_close(resumed_teacher[name], teacher[name], rtol=0, atol=1e-5, msg=name)
     # metrics.csv holds the whole history once: the random-init point and every epoch
     assert logged_entries(interrupted) == logged_entries(tmp_path / "straight")
     knn_epochs = [row["epoch"] for row in csv_rows(interrupted) if row.get("val/knn_acc")]
     assert knn_epochs == ["0", "0", "1"]  # random init (epoch 0, step 0), then epochs 0 and 1
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
 def csv_rows(run: Path) -> list[dict[str, str]]:
@@ -131,7 +143,7 @@ def test_bf16_mixed_on_cpu_with_reco(compose_config, tiny, tmp_path, method):
     assert summary["steps"] == 3
     assert math.isfinite(summary["knn_acc"])
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert state["relation_bank.num_enqueued"] == 3 * 32
+    assert state["reco.bank.num_enqueued"] == 3 * 32
     assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
 
 

@@ -55,7 +55,7 @@ def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, me
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
-    assert ("relation_bank.features" in state) is (reco == "on")
+    assert ("reco.bank.features" in state) is (reco == "on")
     assert any(name.startswith("checkpoints/best-") or "best-" in name for name in
                [p.name for p in (tmp_path / "checkpoints").iterdir()])
 

@@ -9,7 +9,7 @@ the views they train on.
 
 from .data import SSLDataModule
 from .methods import BYOL, MoCo, SimCLR, SSLMethod
-from .reco import FeatureQueue, ReCoConfig, ReCoMixin
+from .reco import FeatureQueue, ReCo, ReCoConfig, ReCoMixin
 
-__all__ = ["BYOL", "FeatureQueue", "MoCo", "ReCoConfig", "ReCoMixin", "SSLDataModule", "SSLMethod", "SimCLR"]
+__all__ = ["BYOL", "FeatureQueue", "MoCo", "ReCo", "ReCoConfig", "ReCoMixin", "SSLDataModule", "SSLMethod", "SimCLR"]
 __version__ = "0.1.0"

@@ -2,8 +2,11 @@
 probe, kNN monitor, and the hook-up of ReCo.
 
 A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.method_step` (the
-method's own loss from two strong views), :meth:`online_embedding` and
-:meth:`target_embedding`. The training step, logging, ReCo and evaluation are here, once.
+method's own loss from two strong views), :meth:`online_embedding` and, where it has a
+momentum target network, ``target_embedding``. The training step, logging, evaluation and
+the EMA updates are here, once. ReCo is not built in: a method with ``reco`` settings holds
+a :class:`~reco_lightning.reco.ReCo` module (``self.reco``, made by :meth:`make_reco`) and
+calls it in the training step.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError, NonFiniteLossError
 from ..metrics.diagnostics import relation_diagnostics
-from ..metrics.knn import knn_accuracy
+from ..metrics.knn import KNNMonitor
 from ..models import build_backbone
-from ..reco import ReCoMixin
+from ..reco import ReCo, ReCoConfig, log_reco_terms, training_progress
+from ..reco.teacher import trainable_children
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
 from ..utils.rng import rng_states, set_rng_states
@@ -80,7 +84,20 @@ def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
     """Whether ``checkpoint``'s weights hold ReCo's state (its relation bank, which every
     ReCo-on module has): the weights say it even when ``load_from_checkpoint``'s keyword
     arguments have overridden the saved ``reco`` hyperparameter."""
-    return any(key.startswith("relation_bank.") for key in checkpoint.get("state_dict", {}))
+    return any(key.startswith(("reco.bank.", "relation_bank.")) for key in checkpoint.get("state_dict", {}))
+
+
+#: where checkpoints written before ReCo became one module kept its state, and where it is now
+LEGACY_RECO_KEYS = {"relation_bank.": "reco.bank.", "reco_negatives.": "reco.negatives.", "reco_teacher.": "reco.teacher."}
+
+
+def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
+    """Rename, in place, the ReCo entries of a checkpoint written before ReCo was one module
+    (``relation_bank.*`` -> ``reco.bank.*`` and so on), so older runs still resume."""
+    for key in list(state_dict):
+        for old, new in LEGACY_RECO_KEYS.items():
+            if key.startswith(old):
+                state_dict[new + key[len(old):]] = state_dict.pop(key)
 
 
 def _describe(method: str | None, reco: bool) -> str:
@@ -103,15 +120,19 @@ class MethodOutput:
         q1: online embedding of the first strong view (normalised, with gradient).
         k2: target embedding of the second strong view (normalised, detached).
         features: backbone features of the first strong view (for the online probe).
+        negatives: the written rows of the method's key queue as they were before this
+            step's keys went in (MoCo), which it lends to ReCo's local term; ``None`` for
+            methods without a queue.
     """
 
     loss: Tensor
     q1: Tensor
     k2: Tensor
     features: Tensor
+    negatives: Tensor | None = None
 
 
-class SSLMethod(ReCoMixin, L.LightningModule):
+class SSLMethod(L.LightningModule):
     """Base LightningModule of the built-in self-supervised methods.
 
     Args:
@@ -132,8 +153,10 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         reco: ReCo's settings (see :class:`~reco_lightning.reco.ReCoConfig`); ``None`` = off.
     """
 
-    #: dimension of online/target embeddings; set by subclasses before ``setup_reco``.
+    #: dimension of online/target embeddings; set by subclasses before :meth:`make_reco`.
     embedding_dim: int
+    #: ReCo's module, or None when ReCo is off (see :meth:`make_reco`)
+    reco: ReCo | None
     #: the method's temperature, used by ReCo's local term unless ``reco.tau_local`` is set.
     temperature: float = 0.2
     #: base momentum of the method's EMA targets (see :meth:`momentum_pairs`)
@@ -174,10 +197,32 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
         self.num_classes = num_classes
+        self.train_linear_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_linear_acc = MulticlassAccuracy(num_classes, average="micro")
-        self._bank: list[tuple[Tensor, Tensor]] = []
-        self._queries: list[tuple[Tensor, Tensor]] = []
+        self.knn_monitor = KNNMonitor(num_classes, knn_k, knn_temperature)
         self.momentum_gate = OncePerOptimizerStep()
+        self.reco = None
+
+    def make_reco(self, embedding_dim: int, **options: Any) -> ReCo | None:
+        """ReCo's module from the ``reco`` hyperparameter, or None when ReCo is off. Call it
+        last in ``__init__``, when the networks that ReCo's EMA teacher may copy exist.
+
+        ``options`` go to :class:`~reco_lightning.reco.ReCo` (``teacher_modules``,
+        ``borrows_negatives``); the method's temperature and momentum schedule are added."""
+        # ReCo's own EMA teacher (reco.teacher=ema, or SimCLR's auto) copies what the online
+        # embedding runs through: every trained child but the online probe
+        options.setdefault("teacher_modules", trainable_children(self, lambda name: name == "classifier"))
+        options.setdefault("temperature", self.temperature)
+        options.setdefault("momentum_schedule", self.momentum_schedule)
+        return ReCo.from_settings(self.hparams.get("reco"), embedding_dim, self, **options)
+
+    @property
+    def reco_enabled(self) -> bool:
+        return self.reco is not None
+
+    @property
+    def reco_config(self) -> ReCoConfig | None:
+        return self.reco.config if self.reco is not None else None
 
     # -- what a method implements ------------------------------------------------------
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
@@ -197,14 +242,14 @@ class SSLMethod(ReCoMixin, L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """After an optimizer step: the EMA update of every momentum pair, once per step
-        (with ``accumulate_grad_batches=N``, after every N-th micro-batch), then ReCo's."""
+        (with ``accumulate_grad_batches=N``, after every N-th micro-batch). ReCo's own
+        teacher is ReCo's business: it moves inside ReCo's call."""
         pairs = self.momentum_pairs()
         if pairs and self.momentum_gate.due(self.global_step if self._trainer is not None else None):
             momentum = self.current_momentum()
             for online, target in pairs:
                 ema_update(target, online, momentum)
             self.log("train/momentum", momentum, on_step=False, on_epoch=True)
-        super().on_train_batch_end(outputs, batch, batch_idx)
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features, what downstream tasks use."""
@@ -242,24 +287,31 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         output = self.method_step(view1, view2)
         loss = output.loss
         self.log("train/loss_method", output.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        if self.reco_enabled:
+        terms = {"train/loss_method": output.loss}
+        if self.reco is not None:
             if "weak" not in batch:
                 raise ConfigError(
                     "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
                 )
-            terms_reco = self.reco_loss(view1, view2, batch["weak"], q1=output.q1, k2=output.k2)
+            terms_reco = self.reco(
+                self, view1, view2, batch["weak"], q1=output.q1, k2=output.k2, negatives=output.negatives,
+                progress=training_progress(self),
+            )
+            log_reco_terms(self, terms_reco)
             loss = loss + terms_reco.weighted
+            terms.update({
+                name: value for name, value in
+                (("train/loss_global", terms_reco.global_), ("train/loss_local", terms_reco.local))
+                if value is not None
+            })
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
-        terms = {"train/loss_method": output.loss}
-        if self.reco_enabled:
-            terms.update({"train/loss_global": terms_reco.global_, "train/loss_local": terms_reco.local})
         self._check_finite(loss, terms, batch_idx)
 
         logits = self.classifier(output.features.detach())
         probe_loss = F.cross_entropy(logits, batch["label"])
-        probe_acc = (logits.argmax(dim=1) == batch["label"]).float().mean()
+        self.train_linear_acc(logits.detach(), batch["label"])
         self.log("train/linear_loss", probe_loss.detach(), on_step=False, on_epoch=True)
-        self.log("train/linear_acc", probe_acc, on_step=False, on_epoch=True)
+        self.log("train/linear_acc", self.train_linear_acc, on_step=False, on_epoch=True)
         return loss + probe_loss
 
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
@@ -334,25 +386,21 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         images, labels = batch
         images = self._memory_format(images)
         features = self.backbone(images).float()
+        self.knn_monitor.update(features, labels, bank=dataloader_idx == 0)
         if dataloader_idx == 0:
-            self._bank.append((features, labels))
             return
-        self._queries.append((features, labels))
         self.val_linear_acc(self.classifier(features), labels)
         self.log("val/linear_acc", self.val_linear_acc, on_epoch=True, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        bank, queries = self._bank, self._queries
-        self._bank, self._queries = [], []
-        if not bank or not queries:
+        monitor = self.knn_monitor
+        if not monitor.has_data():  # e.g. a sanity check that saw no batches
+            monitor.reset()
             return
-        bank_x, bank_y = self._gather(bank)
-        query_x, query_y = self._gather(queries)
-        accuracy = knn_accuracy(
-            bank_x, bank_y, query_x, query_y, self.num_classes, self.hparams.knn_k, self.hparams.knn_temperature
-        )
-        self.log("val/knn_acc", accuracy, prog_bar=True)
-        for name, value in self._relation_diagnostics(query_x, query_y).items():
+        result = monitor.compute()  # gathered from every rank
+        monitor.reset()
+        self.log("val/knn_acc", result.accuracy.item(), prog_bar=True)
+        for name, value in self._relation_diagnostics(result.query_features, result.query_labels).items():
             self.log(f"val/{name.replace('@', '_at_')}", value)
 
     def _relation_diagnostics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
@@ -373,27 +421,6 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             view1, view2 = torch.cat(firsts), torch.cat(seconds)
         return relation_diagnostics(features, labels, view1, view2)
 
-    def _gather(self, parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Concatenate this rank's features and labels and gather them from all ranks.
-
-        The evaluation loaders give each rank a share of the set without padding, so
-        shares can differ by one image: they are padded to equal length for the gather
-        (label -1) and the padding is dropped after it, leaving every image exactly once.
-        """
-        features = torch.cat([f for f, _ in parts])
-        labels = torch.cat([y for _, y in parts])
-        if self.trainer.world_size > 1:
-            counts = self.all_gather(torch.tensor(labels.shape[0], device=labels.device))
-            longest = int(counts.max())
-            pad = longest - labels.shape[0]
-            features = F.pad(features, (0, 0, 0, pad))
-            labels = F.pad(labels, (0, pad), value=-1)
-            features = self.all_gather(features).flatten(0, 1)
-            labels = self.all_gather(labels).flatten(0, 1)
-            keep = labels >= 0
-            features, labels = features[keep], labels[keep]
-        return features, labels
-
     # -- checkpoints: which method wrote them, random state ----------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the method (so a load into another can be refused with a message) and the
@@ -409,6 +436,7 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         ReCo setting the checkpoint holds instead of a list of missing and unexpected keys.
         """
         self.check_checkpoint_fits(checkpoint)
+        upgrade_reco_keys(checkpoint.get("state_dict", {}))
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 

@@ -58,7 +58,7 @@ class BYOL(SSLMethod):
         self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)
         self.target_backbone = make_target(self.backbone)
         self.target_projector = make_target(self.projector)
-        self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature)
+        self.reco = self.make_reco(proj_output_dim)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The base class's groups, with the predictor's in groups of their own when its

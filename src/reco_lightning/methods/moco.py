@@ -19,10 +19,11 @@ from ..losses.instance import info_nce_loss
 class MoCo(SSLMethod):
     """MoCo v2 with an optional symmetric loss.
 
-    With ``symmetric=True`` both directions are scored against the queue as it was before
-    the step, and the keys of both views are enqueued once, after the backward pass (as in
-    the MoCo authors' CIFAR demo), so a batch never meets its own keys as negatives. ReCo's
-    local term borrows this queue for its negatives.
+    Each step scores against a clone of the queue and then enqueues its keys, in the same
+    call (no hook). With ``symmetric=True`` both directions are scored against the queue
+    as it was before the step, and the keys of both views are enqueued once, so a batch
+    never meets its own keys as negatives. ReCo's local term borrows this queue for its
+    negatives: the step lends ReCo the queue's written rows from before its own keys.
 
     Args:
         temperature: InfoNCE temperature (0.2 in MoCo v2).
@@ -66,8 +67,7 @@ class MoCo(SSLMethod):
         self.target_backbone = make_target(self.backbone)
         self.target_projector = make_target(self.projector)
         self.queue = FeatureQueue(queue_size, proj_output_dim, name="method.queue_size")
-        self._pending_keys: Tensor | None = None
-        self.setup_reco(self.hparams.get("reco"), proj_output_dim, temperature, negatives=self.queue)
+        self.reco = self.make_reco(proj_output_dim, borrows_negatives=True)
 
     def online_embedding(self, images: Tensor) -> Tensor:
         return F.normalize(self.projector(self.backbone(images)), dim=1)
@@ -80,23 +80,18 @@ class MoCo(SSLMethod):
         features1 = self.backbone(view1)
         q1 = F.normalize(self.projector(features1), dim=1)
         k2 = self.target_embedding(view2)
-        negatives = self.queue.features
+        # A clone, so enqueueing below cannot overwrite what autograd saved for backward.
+        negatives = self.queue.features.clone()
+        written = negatives[: self.queue.num_filled()]
         loss = info_nce_loss(q1, k2, negatives, self.temperature)
         if self.symmetric:
             q2 = self.online_embedding(view2)
             k1 = self.target_embedding(view1)
             loss = (loss + info_nce_loss(q2, k1, negatives, self.temperature)) / 2
-            self._pending_keys = torch.cat([k1, k2])
+            self.queue.enqueue(torch.cat([k1, k2]))
         else:
-            self._pending_keys = k2
-        return MethodOutput(loss, q1, k2, features1)
+            self.queue.enqueue(k2)
+        return MethodOutput(loss, q1, k2, features1, negatives=written)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """This micro-batch's keys into the queue; the base class moves the key encoder."""
-        if self._pending_keys is not None:
-            self.queue.enqueue(self._pending_keys)
-            self._pending_keys = None
-        super().on_train_batch_end(outputs, batch, batch_idx)

@@ -42,9 +42,7 @@ class SimCLR(SSLMethod):
         self.temperature = temperature
         self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
-        self.setup_reco(
-            self.hparams.get("reco"), proj_output_dim, temperature, teacher_modules=["backbone", "projector"]
-        )
+        self.reco = self.make_reco(proj_output_dim, teacher_modules=["backbone", "projector"])
 
     def online_embedding(self, images: Tensor) -> Tensor:
         return F.normalize(self.projector(self.backbone(images)), dim=1)

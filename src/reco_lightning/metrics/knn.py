@@ -6,9 +6,13 @@ exactly what contrastive learning shapes, the neighbourhoods of the feature spac
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 @torch.no_grad()
@@ -70,3 +74,54 @@ def knn_accuracy(
     """Top-1 accuracy (0..1) of :func:`weighted_knn_predict`."""
     predicted = weighted_knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     return (predicted == test_labels).float().mean().item()
+
+
+class KNNMonitor(Metric):
+    """The weighted kNN accuracy of validation features against a labelled feature bank, as
+    a torchmetrics ``Metric``: features gathered from every rank in ``compute``.
+
+    ``update(features, labels, bank=True)`` adds to the bank (the training images),
+    ``bank=False`` to the queries (the test images). ``compute`` gathers both across ranks
+    (torchmetrics pads uneven shares, gathers and trims, so every image counts once) and
+    returns the accuracy with the gathered query features, which the relation diagnostics
+    reuse. Its states are not saved in checkpoints.
+
+    >>> monitor = KNNMonitor(num_classes=2, k=1)
+    >>> monitor.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), bank=True)
+    >>> monitor.update(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]), bank=False)
+    >>> float(monitor.compute().accuracy)
+    0.5
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, k: int = 200, temperature: float = 0.1, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.k, self.temperature = num_classes, k, temperature
+        for name in ("bank_features", "bank_labels", "query_features", "query_labels"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor, labels: Tensor, bank: bool) -> None:  # type: ignore[override]
+        prefix = "bank" if bank else "query"
+        getattr(self, f"{prefix}_features").append(features.detach().float())
+        getattr(self, f"{prefix}_labels").append(labels.detach())
+
+    def compute(self) -> KNNResult:  # type: ignore[override]
+        bank_x, bank_y = dim_zero_cat(self.bank_features), dim_zero_cat(self.bank_labels)
+        query_x, query_y = dim_zero_cat(self.query_features), dim_zero_cat(self.query_labels)
+        accuracy = torch.tensor(
+            knn_accuracy(bank_x, bank_y, query_x, query_y, self.num_classes, self.k, self.temperature)
+        )
+        return KNNResult(accuracy, query_x, query_y)
+
+    def has_data(self) -> bool:
+        """Whether this rank saw both bank and query batches (a sanity run may see neither)."""
+        return bool(self.bank_features) and bool(self.query_features)
+
+
+class KNNResult(NamedTuple):
+    """:meth:`KNNMonitor.compute`'s result: the accuracy and the gathered query features."""
+
+    accuracy: Tensor
+    query_features: Tensor
+    query_labels: Tensor

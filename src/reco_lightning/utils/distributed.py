@@ -10,6 +10,7 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 
@@ -33,38 +34,20 @@ def gather_without_grad(tensor: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sends every rank the *sum* of the gradients for its slice.
-
-    Each rank's loss depends on the embeddings of all ranks, so the gradient for rank r's
-    embeddings is the sum over ranks of d(loss_j)/d(z_r). Returning only the local slice of
-    the local gradient (a bug other SSL libraries have shipped) silently drops the other
-    ranks' terms; DDP's later averaging then gives the gradient of the mean loss.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.batch_size = tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad_output.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = rank() * ctx.batch_size
-        return grad[start : start + ctx.batch_size]
-
-
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, letting gradients flow back.
 
-    Assumes every rank holds the same number of rows (true with ``drop_last=True``).
+    Each rank's loss depends on the embeddings of all ranks, so the gradient for rank r's
+    embeddings must be the *sum* over ranks of d(loss_j)/d(z_r); returning only the local
+    slice of the local gradient (a bug other SSL libraries have shipped) silently drops the
+    other ranks' terms. PyTorch's differentiable ``all_gather`` (what Lightning's
+    ``all_gather(sync_grads=True)`` runs) sums them with a reduce-scatter; the two-process
+    test in ``tests/test_distributed.py`` checks the gradients against one process on the
+    global batch. Assumes every rank holds the same number of rows (``drop_last=True``).
     """
     if world_size() == 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
 
 
 #: environment variables through which a launcher tells a process its rank

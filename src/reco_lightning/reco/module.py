@@ -1,0 +1,308 @@
+"""``ReCo``: one module that owns everything ReCo keeps and computes both relation terms.
+
+ReCo plugs into a model by composition, as a loss module does: the model holds a ``ReCo``
+and calls it once per training step with its views. The call
+
+1. moves ReCo's own EMA teacher if an optimizer step has happened since the last call
+   (once per optimizer step, however many micro-batches a step accumulates);
+2. embeds the weak view (and, with its own teacher, the second strong view) with the
+   teacher, scores the batch against *clones* of the relation bank and the negatives, and
+   mixes the two strong views for the local term;
+3. enqueues this step's teacher keys (gathered from every rank).
+
+Because the banks are cloned before scoring, the enqueue in step 3 cannot overwrite what
+autograd saved, and the batch never meets its own keys. Nothing happens in a hook, so no
+base-class order, ``super()`` call or callback is needed; ReCo logs nothing either: it
+returns :class:`ReCoTerms` and the caller logs them
+(:func:`~reco_lightning.reco.mixin.log_reco_terms`).
+
+Queue rows that were never written (a queue starts with random vectors) are left out of
+both terms; a term whose queue holds fewer written rows than one global batch is skipped
+for that step (``ReCoTerms.global_skipped`` / ``local_skipped``), not scored as zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
+from ..utils.distributed import gather_without_grad, rank
+from ..utils.momentum import scheduled_momentum
+from .config import ReCoConfig
+from .mixing import mix_views
+from .queue import FeatureQueue
+from .teacher import EMATeacher, trainable_children
+
+
+class Embedder(Protocol):
+    """What ReCo needs from the model it plugs into.
+
+    ``online_embedding(images)``: the online network's L2-normalised embedding, with
+    gradient. A model with a momentum target network also has ``target_embedding(images)``
+    (normalised, no gradient), which ``reco.teacher=auto`` then distils from.
+    """
+
+    def online_embedding(self, images: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where training stands, for the warm-up and the teacher's momentum schedule.
+
+    ``step`` counts optimizer steps (``trainer.global_step``); ``None`` means "no Trainer"
+    (a benchmark driving the model by hand): then the weights are the full ones and every
+    call is a new optimizer step.
+    """
+
+    step: int | None = None
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class ReCoTerms:
+    """What one ReCo call computed.
+
+    ``global_`` and ``local`` are the unweighted terms, ``None`` when skipped (a weight of 0
+    now, or too few written queue rows); ``weighted`` is what to add to the loss.
+    ``w_global``/``w_local`` are the weights used at this step (after the warm-up),
+    ``lam`` the mixing coefficient of the local term.
+    """
+
+    global_: Tensor | None
+    local: Tensor | None
+    weighted: Tensor
+    w_global: float = 0.0
+    w_local: float = 0.0
+    lam: float | None = None
+
+    @property
+    def global_skipped(self) -> bool:
+        """The global term was due (weight > 0) but its bank held too few written rows."""
+        return self.global_ is None and self.w_global > 0
+
+    @property
+    def local_skipped(self) -> bool:
+        return self.local is None and self.w_local > 0
+
+
+def as_config(settings: ReCoConfig | Mapping[str, Any] | None) -> ReCoConfig | None:
+    """A :class:`ReCoConfig` from a config object, any mapping (a Hydra ``DictConfig``
+    too) or ``None``; ``None`` and ``{"enabled": False}`` mean ReCo is off."""
+    if isinstance(settings, DictConfig):
+        settings = OmegaConf.to_container(settings, resolve=True)  # type: ignore[assignment]
+    if settings is None or isinstance(settings, ReCoConfig):
+        return settings
+    if isinstance(settings, Mapping):
+        return ReCoConfig.from_mapping(dict(settings))
+    raise TypeError(f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}")
+
+
+class ReCo(nn.Module):
+    """ReCo's relation bank, negatives, teacher, mixing and both terms, in one module.
+
+    >>> import torch, torch.nn.functional as F
+    >>> from torch import nn
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.encoder = nn.Linear(12, 8)
+    ...         self.reco = ReCo({"bank_size": 16, "negatives_size": 16}, embedding_dim=8, owner=self)
+    ...     def online_embedding(self, x):
+    ...         return F.normalize(self.encoder(x.flatten(1)), dim=1)
+    >>> net = Net()
+    >>> views = [torch.randn(4, 3, 2, 2) for _ in range(3)]
+    >>> terms = net.reco(net, *views)        # the banks are still empty: both terms skipped
+    >>> terms.global_skipped, int(net.reco.bank.num_enqueued)
+    (True, 4)
+
+    Args:
+        config: the settings (:class:`ReCoConfig`, a mapping, or a Hydra config).
+        embedding_dim: dimension of the online and teacher embeddings.
+        owner: the model ReCo plugs into, read once here and never stored: whether it has a
+            ``target_embedding`` (``teacher=auto``), and the children that its EMA teacher
+            copies.
+        temperature: the local term's temperature unless ``config.tau_local`` is set; pass
+            the method's own.
+        teacher_modules: the children of ``owner`` that ``online_embedding`` runs through,
+            which ReCo's own EMA teacher copies (default: every child with trainable
+            parameters).
+        borrows_negatives: the owner keeps a queue of teacher keys of its own (MoCo) and
+            lends a snapshot of it to each call (``negatives=``), so ReCo keeps none.
+        momentum_schedule: ``constant`` or ``cosine``, the owner's; ReCo's teacher follows it.
+    """
+
+    def __init__(
+        self,
+        config: ReCoConfig | Mapping[str, Any],
+        embedding_dim: int,
+        owner: nn.Module,
+        temperature: float = 0.2,
+        teacher_modules: Sequence[str] | None = None,
+        borrows_negatives: bool = False,
+        momentum_schedule: str = "constant",
+    ) -> None:
+        super().__init__()
+        checked = as_config(config)
+        if checked is None:
+            raise ConfigError("ReCo was built with reco.enabled=false: build no ReCo module to turn it off")
+        self.config = checked
+        self.tau_local = checked.tau_local if checked.tau_local is not None else temperature
+        self.momentum_schedule = momentum_schedule
+        self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
+        self.borrows_negatives = borrows_negatives and checked.negatives == "queue"
+        self.negatives: FeatureQueue | None = None
+        if checked.negatives == "queue" and not borrows_negatives:
+            self.negatives = FeatureQueue(checked.negatives_size, embedding_dim, name="reco.negatives_size")
+        self.teacher_kind = self._resolve_teacher(checked.teacher, owner)
+        self.teacher: EMATeacher | None = None
+        if self.teacher_kind == "ema":
+            names = list(teacher_modules) if teacher_modules else trainable_children(owner, lambda n: n == "reco")
+            self.teacher = EMATeacher(owner, names)
+
+    @classmethod
+    def from_settings(
+        cls, settings: ReCoConfig | Mapping[str, Any] | None, embedding_dim: int, owner: nn.Module, **options: Any
+    ) -> ReCo | None:
+        """A ReCo, or None when ``settings`` turn ReCo off (``None`` or ``enabled: false``,
+        as Hydra's ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
+        config = as_config(settings)
+        return None if config is None else cls(config, embedding_dim, owner, **options)
+
+    @staticmethod
+    def _resolve_teacher(choice: str, owner: nn.Module) -> str:
+        """``target`` (the owner's momentum network), ``ema`` (ReCo's copy) or ``online``."""
+        has_target = callable(getattr(owner, "target_embedding", None))
+        if choice == "auto":
+            return "target" if has_target else "ema"
+        return choice
+
+    # -- schedules ---------------------------------------------------------------------------
+    def weights(self, progress: TrainingProgress) -> tuple[float, float]:
+        """``(w_global, w_local)`` at ``progress``: raised linearly from 0 over
+        ``reco.warmup_epochs``; the full weights without a Trainer."""
+        config = self.config
+        warmup_steps = config.warmup_epochs * progress.steps_per_epoch
+        if progress.step is None or warmup_steps <= 0:
+            return config.w_global, config.w_local
+        scale = min(progress.step / warmup_steps, 1.0)
+        return config.w_global * scale, config.w_local * scale
+
+    def teacher_momentum(self, progress: TrainingProgress) -> float:
+        """The momentum of ReCo's own teacher at ``progress``, on the owner's schedule."""
+        return scheduled_momentum(
+            self.config.teacher_momentum, self.momentum_schedule, progress.step or 0, progress.total_steps
+        )
+
+    def teacher_embedding(self, owner: Embedder, images: Tensor) -> Tensor:
+        """The teacher's normalised embedding of ``images``, without gradient."""
+        with torch.no_grad():
+            if self.teacher_kind == "target":
+                keys = owner.target_embedding(images)  # type: ignore[attr-defined]
+            elif self.teacher is not None:
+                keys = self.teacher.embed(owner, images)  # type: ignore[arg-type]
+            else:
+                keys = owner.online_embedding(images)
+            return F.normalize(keys.detach(), dim=1)
+
+    # -- the call ----------------------------------------------------------------------------
+    def forward(
+        self,
+        owner: Embedder,
+        strong1: Tensor,
+        strong2: Tensor,
+        weak: Tensor,
+        q1: Tensor | None = None,
+        k2: Tensor | None = None,
+        negatives: Tensor | None = None,
+        progress: TrainingProgress | None = None,
+    ) -> ReCoTerms:
+        """Both terms for one batch, weighted; then this step's keys into the banks.
+
+        Args:
+            owner: the model (its ``online_embedding``, and ``target_embedding`` if any).
+            strong1, strong2, weak: the two strong views and the weak view of the batch.
+            q1: ``online_embedding(strong1)`` if the method already computed it (saves a
+                pass).
+            k2: the method's ``target_embedding(strong2)``, used when the teacher is the
+                owner's target network; ReCo's own teacher always computes its own.
+            negatives: the lent negatives (written rows only, taken before the owner
+                enqueued this step's keys) when built with ``borrows_negatives``.
+            progress: where training stands (warm-up, teacher momentum, world size).
+        """
+        progress = progress or TrainingProgress()
+        config = self.config
+        if self.teacher is not None:
+            self.teacher.update(owner, self.teacher_momentum(progress), progress.step)  # type: ignore[arg-type]
+        w_global, w_local = self.weights(progress)
+        # Normalising again is a no-op for the normalised embeddings the contract asks for,
+        # and keeps the temperatures meaningful if a user passes raw projector outputs.
+        q1 = F.normalize(owner.online_embedding(strong1) if q1 is None else q1, dim=1)
+        if k2 is None or self.teacher_kind != "target":
+            k2 = self.teacher_embedding(owner, strong2)
+        k2 = F.normalize(k2.detach(), dim=1)
+        weak_keys = self.teacher_embedding(owner, weak)
+        global_batch = weak_keys.shape[0] * progress.world_size
+
+        weighted = q1.new_zeros((), dtype=torch.float32)
+        loss_global = loss_local = None
+        bank = self.bank.filled().clone()
+        if w_global > 0 and bank.shape[0] >= global_batch:
+            loss_global = global_relation_loss(q1, weak_keys, bank, config.tau_student, config.tau_teacher)
+            weighted = weighted + w_global * loss_global
+
+        scored, exclude = self._local_negatives(k2, negatives, global_batch)
+        lam = None
+        if w_local > 0 and scored is not None:
+            mixed = mix_views(strong1, strong2, config.mix, config.alpha)
+            lam = mixed.lam
+            target = interpolation_target(q1, k2[mixed.permutation], mixed.lam)
+            mixed_embedding = F.normalize(owner.online_embedding(mixed.images), dim=1)
+            mask = exclude(mixed.permutation) if exclude is not None else None
+            loss_local = local_interpolation_loss(mixed_embedding, target, scored, self.tau_local, mask)
+            weighted = weighted + w_local * loss_local
+
+        self.bank.enqueue(weak_keys)
+        if self.negatives is not None:
+            self.negatives.enqueue(k2)
+        return ReCoTerms(loss_global, loss_local, weighted, w_global, w_local, lam)
+
+    def _local_negatives(
+        self, k2: Tensor, lent: Tensor | None, global_batch: int
+    ) -> tuple[Tensor | None, Callable[[Tensor], Tensor] | None]:
+        """The local term's negatives and, for batch negatives, a function of the mixing
+        permutation that gives the columns to leave out; ``(None, None)`` while a queue
+        holds fewer written rows than one global batch."""
+        if self.config.negatives == "batch":
+            keys = gather_without_grad(k2)
+            offset = rank() * k2.shape[0]
+
+            def exclude(permutation: Tensor) -> Tensor:
+                # a row's own key and its mixing partner's are parts of its target, not negatives
+                rows = torch.arange(k2.shape[0], device=k2.device)
+                mask = torch.zeros(k2.shape[0], keys.shape[0], dtype=torch.bool, device=k2.device)
+                mask[rows, offset + rows] = True
+                mask[rows, offset + permutation] = True
+                return mask
+
+            return keys, exclude
+        if self.borrows_negatives:
+            if lent is None:
+                raise RuntimeError("this ReCo borrows its negatives: pass negatives= (the lent queue's written rows)")
+            queued = lent
+        else:
+            assert self.negatives is not None
+            queued = self.negatives.filled().clone()
+        return (queued, None) if queued.shape[0] >= global_batch else (None, None)
+
+    def extra_repr(self) -> str:
+        return f"teacher={self.teacher_kind}, negatives={self.config.negatives}, tau_local={self.tau_local}"
