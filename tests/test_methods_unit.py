@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from reco_lightning.methods import BYOL, MoCo, SimCLR
+from reco_lightning.methods import BYOL, MoCo, SimCLR, SimSiam
 from reco_lightning.methods.base import MethodOutput
 from reco_lightning.losses.instance import info_nce_loss
 from reco_lightning.utils.momentum import cosine_momentum, ema_update, make_target
@@ -25,9 +25,10 @@ SIZES = {
     MoCo: dict(proj_hidden_dim=32, proj_output_dim=16, queue_size=64),
     SimCLR: dict(proj_hidden_dim=32, proj_output_dim=16),
     BYOL: dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=32),
+    SimSiam: dict(proj_hidden_dim=32, proj_output_dim=16, pred_hidden_dim=8),
 }
 RECO_ON = {"bank_size": 64, "negatives_size": 64}
-METHODS = [MoCo, SimCLR, BYOL]
+METHODS = [MoCo, SimCLR, BYOL, SimSiam]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -307,7 +308,7 @@ def test_moco_lends_reco_the_queue_as_it_was_before_its_keys(monkeypatch):
     assert int(model.queue.num_enqueued) == 4 * B
 
 
-@pytest.mark.parametrize("cls", [SimCLR, BYOL], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [SimCLR, BYOL, SimSiam], ids=lambda c: c.__name__)
 def test_reco_queues_of_methods_without_queue(cls, fake_total_steps):
     model = build(cls, RECO_ON)
     assert model.reco.negatives is not None and not model.reco.borrows_negatives
@@ -391,3 +392,21 @@ def test_byol_predictor_lr_scale_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="method.predictor_lr_scale"):
         build(BYOL, predictor_lr_scale=0.0)
+
+
+def test_simsiam_loss_is_the_symmetric_stop_gradient_cosine():
+    """SimSiam by hand: 2 - 2 cos(p_i, stopgrad(z_j)), averaged over both directions; the
+    projections get gradient only through the predictions."""
+    model = build(SimSiam)
+    v1, v2 = make_batch()["strong"]
+    output = model.method_step(v1, v2)
+    with torch.no_grad():
+        z1, z2 = model.projector(model.backbone(v1)), model.projector(model.backbone(v2))
+        p1, p2 = model.predictor(z1), model.predictor(z2)
+        cos = nn.functional.cosine_similarity
+        expected = ((2 - 2 * cos(p1, z2)).mean() + (2 - 2 * cos(p2, z1)).mean()) / 2
+    assert output.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert not output.k2.requires_grad and output.q1.requires_grad
+    assert model.reco is None
+    with_reco = build(SimSiam, RECO_ON)
+    assert with_reco.reco.teacher_kind == "ema"  # no target network: ReCo's own EMA teacher

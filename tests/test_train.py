@@ -244,3 +244,14 @@ def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
     rows = read_metrics(tmp_path)
     assert logged_values(rows, "train/reco_w_global") == [pytest.approx(1 / 3)]
     assert logged_values(rows, "train/reco_w_local") == [pytest.approx(0.5 / 3)]
+
+
+@pytest.mark.slow
+def test_simsiam_with_reco_learns_on_the_digits(compose_config, tmp_path):
+    """The fourth method, added as one file and one YAML, takes ReCo through the same seam
+    and ends above its random initialisation on the bundled digits."""
+    cfg = compose_config("+method=simsiam", "+reco=on", "trainer.max_epochs=4", "pictures=false",
+                         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
+    summary = train(cfg, tmp_path)
+    assert summary["method"] == "simsiam"
+    assert summary["knn_acc"] > summary["knn_acc_random_init"] + 0.02, summary

@@ -55,11 +55,11 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
 
 
 def _options(group: str) -> list[str]:
-    """The presets of a config group (``method`` -> moco, simclr, byol)."""
+    """The presets of a config group (``method`` -> moco, simclr, byol, simsiam)."""
     from importlib.resources import files
 
     folder = files("reco_lightning.conf").joinpath(group)
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml") and entry.name != "base.yaml")
 
 
 def check_keys(overrides: list[str], config_name: str = "config") -> None:
