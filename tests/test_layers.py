@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "utils": 0, "config_checks": 0, "checkpoints": 0, "models": 0, "losses": 0, "metrics": 0,
     "data": 1, "reco": 1,
     "methods": 2,
-    "callbacks": 3, "metrics_log": 3, "run_dir": 3, "eval": 3, "report": 3,
+    "callbacks": 3, "metrics_log": 3, "trackers": 3, "run_dir": 3, "eval": 3, "report": 3,
     "launch": 4, "train": 4, "cli_checks": 4,
     "worker": 5, "__main__": 5, "__init__": 5, "export": 5,
 }

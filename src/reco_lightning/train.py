@@ -2,7 +2,7 @@
 
 Everything the run produces lands in its output directory (Hydra's run directory under the
 CLI): the resolved ``config.yaml``, ``checkpoints/last.ckpt`` and the best checkpoint by
-``val/knn_acc``, ``metrics.csv`` (and TensorBoard logs where installed) and ``summary.json``.
+``val/knn_acc``, ``metrics.csv`` (and the trackers of the ``logger`` group) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import torch
@@ -29,6 +29,7 @@ from .data.datamodule import LabelledDataset
 from .errors import ConfigError
 from .launch import local_ranks
 from .metrics_log import CSVHistoryLogger, MetricsHistory
+from .trackers import build_trackers, log_config, log_summary
 from .methods import METHODS, SSLMethod
 from .reco import ReCoConfig
 from .run_dir import (
@@ -76,11 +77,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     reject_unknown_keys("trainer", settings, accepted_arguments(L.Trainer))
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
-    loggers: list[Logger] = [csv_log]
-    try:
-        loggers.append(TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version=""))
-    except ModuleNotFoundError:
-        pass  # TensorBoard is optional; the CSV log always exists
+    loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
     checkpoints = ModelCheckpoint(
         dirpath=str(output_dir / "checkpoints"),
         filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
@@ -198,6 +195,7 @@ def train(
     if rank_zero:
         check_writable(output_dir)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log_config(trainer.loggers[1:], cfg)  # the trackers beside the CSV log
 
     with local_ranks(trainer, _for_workers(cfg, resume_from), output_dir):
         knn_at_init = _random_init_knn(trainer, model, datamodule, output_dir, resume_from, rank_zero)
@@ -299,6 +297,7 @@ def _summarise(
         if cfg.get("pictures", True):
             summary["pictures"] = _pictures(trainer, output_dir, summary)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        log_summary(trainer.loggers[1:], summary, trainer.global_step)
         print(format_summary(summary))
     return summary
 
