@@ -38,6 +38,9 @@ from .conftest import TINY
 
 #: features of the exported file and of the checkpoint's backbone must agree to this
 TOLERANCE = 1e-6
+#: the formats of each kind of backbone: timm's own replaces torchvision's
+RESNET_FORMATS = {f for f in FORMATS if f != "timm"}
+TIMM_FORMATS = {f for f in FORMATS if f != "torchvision"}
 JSON_FIELDS = {
     "format", "file", "load", "architecture", "stem", "width", "feature_dim", "plain_torchvision", "torchvision",
     "input_size", "normalisation", "method", "reco", "epoch", "global_step", "knn_acc", "knn_acc_from",
@@ -107,7 +110,7 @@ def test_width_64_loads_strict_into_plain_torchvision_with_the_documented_line(t
 def test_unknown_format_is_one_line_with_a_suggestion():
     with pytest.raises(ConfigError, match=r"format=torchvison is not a format .*did you mean format=torchvision\?"):
         check_format("torchvison")
-    with pytest.raises(ConfigError, match="choose one of torchvision, safetensors, torchscript"):
+    with pytest.raises(ConfigError, match="choose one of torchvision, timm, safetensors, torchscript"):
         check_format("onnx")
 
 
@@ -120,7 +123,7 @@ def test_bad_checkpoints_and_formats_are_config_errors_and_write_nothing(tmp_pat
         ((run, "onnx"), "format=onnx is not a format"),
         ((tmp_path / "nowhere", "torchvision"), "no checkpoint at"),
         ((truncated, "torchvision"), "not a readable checkpoint"),
-        ((run, "timm"), r"format=timm needs a backbone built from timm \(backbone.name=timm/...\), which this checkpoint is not"),
+        ((run, "timm"), r"format=timm needs a backbone built from timm \(backbone.name=timm/...\); this one is resnet18: use format=torchvision"),
         ((run, "torchvision", tmp_path / "out" / "weights.bin"), r"output=.*weights.bin: format=torchvision writes a .pth file"),
         ((run, "torchvision", None, "big"), "image_size=big is not a positive number"),
     ]
@@ -162,7 +165,7 @@ def test_pieces():
     assert normalisation(None) is None
     digits = normalisation({"name": "digits", "image_size": 16, "val_fraction": 0.2, "seed": 0})
     assert len(set(digits["mean"])) == 1 and 0 < digits["mean"][0] < 1  # gray: one value per channel
-    assert set(FORMATS) == {"torchvision", "safetensors", "torchscript"}
+    assert set(FORMATS) == {"torchvision", "timm", "safetensors", "torchscript"}
 
 
 def test_knn_accuracy_comes_from_the_summary_of_the_same_step_else_the_checkpoints_record(tmp_path):
@@ -208,23 +211,28 @@ def _train(out_dir: Path, *overrides: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``narrow``: MoCo + ReCo, width 8, small stem, 16 px; ``plain``: SimCLR, width 64,
-    torchvision's stem, 32 px (one epoch of 3 steps each)."""
+    torchvision's stem, 32 px; ``timm``: MoCo + ReCo on timm's MobileNetV3-small-0.5, 16 px
+    (one epoch of 3 steps each)."""
     root = tmp_path_factory.mktemp("export")
     return {
         "narrow": _train(root / "narrow", "+method=moco", "+reco=on"),
         "plain": _train(
             root / "plain", "+method=simclr", "backbone.width=64", "backbone.small_stem=false", "dataset.image_size=32"
         ),
+        "timm": _train(root / "timm", "+method=moco", "+reco=on", "backbone.name=timm/mobilenetv3_small_050"),
     }
 
 
 @pytest.fixture(scope="module")
 def exported(runs) -> dict[str, dict[str, dict]]:
     """Every format of every run exported into the run's ``export/`` folder."""
-    return {name: {fmt: export_backbone(run, fmt) for fmt in FORMATS} for name, run in runs.items()}
+    return {
+        name: {fmt: export_backbone(run, fmt) for fmt in FORMATS if fmt in (TIMM_FORMATS if name == "timm" else RESNET_FORMATS)}
+        for name, run in runs.items()
+    }
 
 
-SIZES = {"narrow": 16, "plain": 32}
+SIZES = {"narrow": 16, "plain": 32, "timm": 16}
 
 
 @pytest.mark.slow
@@ -271,7 +279,9 @@ LOADER = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, plain_formats", [("narrow", {"torchscript"}), ("plain", set(FORMATS))])
+@pytest.mark.parametrize(
+    "name, plain_formats", [("narrow", {"torchscript"}), ("plain", RESNET_FORMATS), ("timm", TIMM_FORMATS)]
+)
 def test_exports_load_in_a_process_without_reco_lightning(runs, exported, name, plain_formats):
     run = runs[name]
     folder = run / "export"
@@ -295,7 +305,7 @@ def test_backbone_json_describes_the_run(runs, exported):
     summary = json.loads((runs["narrow"] / "summary.json").read_text())
     for info in (narrow, plain):
         assert JSON_FIELDS <= set(info)
-        assert set(info["exports"]) == set(FORMATS)  # all three formats, one folder, one description
+        assert set(info["exports"]) == RESNET_FORMATS  # all three formats, one folder, one description
         assert info["format"] == "torchscript" and info["file"] == "backbone.pt"  # the last one exported
         assert info["global_step"] == 3 and info["epoch"] == 0
         assert info["normalisation"]["dataset"] == "digits" and len(info["normalisation"]["std"]) == 3
@@ -324,3 +334,15 @@ def test_export_command_help_and_default_output(runs, exported, tmp_path):
     assert (tmp_path / "out" / "backbone.safetensors").is_file() and "load it with" in done.stdout
     description = json.loads((tmp_path / "out" / "backbone.json").read_text())
     assert set(description["exports"]) == {"safetensors"}
+
+
+@pytest.mark.slow
+def test_a_timm_backbone_exports_as_timm_not_torchvision(runs, exported):
+    """One epoch of MoCo + ReCo on a timm model; its export says how timm builds it."""
+    info = exported["timm"]["timm"]
+    assert info["architecture"] == "timm/mobilenetv3_small_050" and info["stem"] == "timm"
+    assert info["load"] == ('import timm, torch; m = timm.create_model("mobilenetv3_small_050", num_classes=0); '
+                            'm.load_state_dict(torch.load("backbone.pth")); m.eval()')
+    assert info["feature_dim"] == 1024 and info["reco"] is True
+    with pytest.raises(ConfigError, match=r"came from timm .* use format=timm"):
+        export_backbone(runs["timm"], "torchvision")

@@ -3,7 +3,7 @@ of the training wrapper, in a file that loads without this package.
 
 A training checkpoint holds the whole LightningModule (projectors, queues, ReCo's banks,
 optimizer state) with the backbone's weights under ``backbone.``. Export keeps only those
-weights, without the prefix, in one of three formats:
+weights, without the prefix, in one of four formats:
 
 * ``torchvision``: a plain ``state_dict`` (``torch.save``, ``.pth``; tensors only, so it
   loads with ``torch.load(..., weights_only=True)``). A backbone of width 64 *is*
@@ -12,6 +12,8 @@ weights, without the prefix, in one of three formats:
   ``conv1`` and ``maxpool`` too where it has the small-image stem). No torchvision
   constructor builds the narrower widths: those load into
   :func:`reco_lightning.models.build_backbone`, or use ``format=torchscript``.
+* ``timm``: for a backbone built by timm (``backbone.name=timm/<model>``), the same plain
+  ``state_dict``, which loads ``strict`` into ``timm.create_model(model, num_classes=0)``.
 * ``safetensors``: the same tensors via ``safetensors.torch.save_file``, no pickle (needs
   ``pip install "reco_lightning[export]"``).
 * ``torchscript``: ``torch.jit.trace`` of the backbone in eval mode at the run's image size
@@ -48,9 +50,9 @@ from .checkpoints import read_checkpoint
 from .errors import ConfigError, RecoLightningError, one_line
 
 #: the file extension of each format
-FORMATS: dict[str, str] = {"torchvision": ".pth", "safetensors": ".safetensors", "torchscript": ".pt"}
+FORMATS: dict[str, str] = {"torchvision": ".pth", "timm": ".pth", "safetensors": ".safetensors", "torchscript": ".pt"}
 #: formats named here that need something this checkpoint cannot have
-NOT_YET = ("timm",)
+NOT_YET: tuple[str, ...] = ()
 #: the file name (without extension) that export writes into a folder
 STEM = "backbone"
 
@@ -92,10 +94,14 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     >>> describe_architecture({"backbone": "resnet18", "backbone_width": 64, "small_stem": False})["plain_torchvision"]
     True
     """
-    from .models.backbones import RESNET_LAYOUTS
+    from .models.backbones import RESNET_LAYOUTS, TIMM_PREFIX, timm_backbone
 
     name = str(hparams.get("backbone", "resnet18"))
-    if name.startswith("timm/") or name not in RESNET_LAYOUTS:
+    if name.startswith(TIMM_PREFIX):
+        _, feature_dim = timm_backbone(name.removeprefix(TIMM_PREFIX))
+        return {"architecture": name, "stem": "timm", "width": None, "feature_dim": feature_dim,
+                "plain_torchvision": False, "timm": True}
+    if name not in RESNET_LAYOUTS:
         raise ConfigError(f"backbone {name!r} of this checkpoint is not one export knows: {sorted(RESNET_LAYOUTS)}")
     width = int(hparams.get("backbone_width", 64))
     small = bool(hparams.get("small_stem", False))
@@ -117,6 +123,8 @@ def build_line(arch: Mapping[str, Any]) -> str:
     'import torch, torchvision; m = torchvision.models.resnet18(); m.fc = torch.nn.Identity()'
     """
     name, width, small = arch["architecture"], arch["width"], arch["stem"] == _SMALL_STEM
+    if arch.get("timm"):
+        return f'import timm, torch; m = timm.create_model("{name.removeprefix("timm/")}", num_classes=0)'
     if not arch["plain_torchvision"]:
         return (
             f"import torch; from reco_lightning.models import build_backbone; "
@@ -144,6 +152,8 @@ def load_line(fmt: str, arch: Mapping[str, Any], filename: str) -> str:
 def torchvision_note(arch: Mapping[str, Any]) -> str:
     """How (or whether) plain torchvision builds the backbone, in one sentence."""
     name, width = arch["architecture"], arch["width"]
+    if arch.get("timm"):
+        return f"not a torchvision model: timm builds it ({build_line(arch)}; the weights load with strict=True)"
     if arch["plain_torchvision"] and arch["stem"] == _TORCHVISION_STEM:
         return f"torchvision.models.{name}() with fc = torch.nn.Identity() (the weights load with strict=True)"
     if arch["plain_torchvision"]:
@@ -277,7 +287,7 @@ def write_weights(backbone: torch.nn.Module, weights: dict[str, torch.Tensor], f
                   image_size: int | None, metadata: Mapping[str, str] | None = None) -> None:
     """Write ``weights`` (``fmt`` torchvision or safetensors) or a trace of ``backbone``
     (torchscript, on a dummy batch of one ``image_size`` image) to ``path``."""
-    if fmt == "torchvision":
+    if fmt in ("torchvision", "timm"):
         plain = {k: v.detach().clone().contiguous() for k, v in weights.items()}
         _atomic_write(path, lambda tmp: torch.save(plain, tmp))
     elif fmt == "safetensors":
@@ -319,13 +329,16 @@ def export_backbone(
     run_dir = run_directory(path)
     state = read_checkpoint(path)
     hparams = state["hyper_parameters"]
-    if fmt in NOT_YET:
-        raise ConfigError(
-            f"format={fmt} needs a backbone built from timm (backbone.name=timm/...), which this checkpoint is not"
-        )
     if fmt == "safetensors":
         _require_safetensors()
     arch = describe_architecture(hparams)
+    if fmt == "timm" and not arch.get("timm"):
+        raise ConfigError(
+            f"format=timm needs a backbone built from timm (backbone.name=timm/...); this one is {arch['architecture']}: "
+            "use format=torchvision"
+        )
+    if fmt == "torchvision" and arch.get("timm"):
+        raise ConfigError(f"this backbone came from timm ({arch['architecture']}): use format=timm")
     weights = backbone_weights(state, path)
     backbone = backbone_from_state(state, path)
     dataset = run_dataset(run_dir, state)

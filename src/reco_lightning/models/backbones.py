@@ -4,10 +4,14 @@ CIFAR-size images (64 px or less) lose most of their resolution in ResNet's 7x7 
 stem and max-pool, so for them the stem is replaced by a 3x3 stride-1 convolution and the
 max-pool is dropped, as is usual in SSL work on CIFAR. ``width`` scales every stage's
 channels; 64 is torchvision's ResNet, smaller widths train many times faster on a CPU and
-are what the quick default runs use.
+are what the quick default runs use. ``backbone.name=timm/<model>`` builds any timm model
+instead (the ``timm`` extra).
 """
 
 from __future__ import annotations
+
+import difflib
+import importlib.util
 
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -70,11 +74,16 @@ def build_backbone(
 
     Weights are always random (``weights=None``): self-supervised training starts from
     scratch, and this package never downloads anything. ``zero_init_residual`` starts
-    every residual block as its shortcut (:func:`zero_init_residuals`).
+    every residual block as its shortcut (:func:`zero_init_residuals`). ``timm/<model>``
+    builds a timm model instead (:func:`timm_backbone`; ``width``, ``small_stem`` and
+    ``zero_init_residual`` then do not apply).
     """
+    if name.startswith(TIMM_PREFIX):
+        return timm_backbone(name.removeprefix(TIMM_PREFIX))
     if name not in RESNET_LAYOUTS:
         raise ConfigError(
-            f"backbone.name={name!r} is not supported: choose one of {sorted(RESNET_LAYOUTS)}"
+            f"backbone.name={name!r} is not supported: choose one of {sorted(RESNET_LAYOUTS)}, "
+            f"or timm/<model> for any timm model"
         )
     if width <= 0 or width % 4:
         raise ConfigError(f"backbone.width={width} must be a positive multiple of 4 (64 = torchvision)")
@@ -89,3 +98,27 @@ def build_backbone(
     if zero_init_residual:
         zero_init_residuals(net)
     return net, feature_dim
+
+
+#: ``backbone.name`` prefix of a model built by timm
+TIMM_PREFIX = "timm/"
+
+
+def timm_backbone(model: str) -> tuple[nn.Module, int]:
+    """``timm.create_model(model, num_classes=0)`` (random weights, pooled features) and its
+    feature dimension; a missing timm or an unknown model is a one-line ConfigError.
+
+    >>> net, dim = timm_backbone("resnet10t")  # doctest: +SKIP
+    """
+    if importlib.util.find_spec("timm") is None:
+        raise ConfigError(f'backbone.name={TIMM_PREFIX}{model} needs timm: pip install "reco_lightning[timm]"')
+    import timm
+
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=1)
+        hint = f"did you mean {TIMM_PREFIX}{close[0]}?" if close else "timm.list_models() lists them"
+        raise ConfigError(f"backbone.name={TIMM_PREFIX}{model}: timm has no model {model!r}: {hint}")
+    net = timm.create_model(model, pretrained=False, num_classes=0)
+    # what forward returns: a pre-logits head (MobileNetV3's conv_head) makes it wider
+    # than the trunk's num_features
+    return net, int(getattr(net, "head_hidden_size", None) or net.num_features)
