@@ -250,7 +250,8 @@ def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
 def test_simsiam_with_reco_learns_on_the_digits(compose_config, tmp_path):
     """The fourth method, added as one file and one YAML, takes ReCo through the same seam
     and ends above its random initialisation on the bundled digits."""
-    cfg = compose_config("+method=simsiam", "+reco=on", "trainer.max_epochs=4", "pictures=false",
+    cfg = compose_config("+method=simsiam", "+reco=on", "trainer.max_epochs=3", "method.proj_hidden_dim=512",
+                         "method.proj_output_dim=512", "method.pred_hidden_dim=128", "pictures=false",
                          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
     summary = train(cfg, tmp_path)
     assert summary["method"] == "simsiam"
