@@ -100,7 +100,7 @@ DIFFERENCES = [
     "lightly: the momentum update runs at the start of the next step (as in lightly's "
     "examples), ours after the optimizer step: the same work in the same sequence",
     "moco: lightly's NTXentLoss normalises the embeddings itself and clones the whole memory "
-    "bank every step; ours normalises in the method and reads the queue in place",
+    "bank every step; ours normalises in the method and clones its queue every step too (it enqueues in the same call)",
     "byol: lightly's momentum follows its cosine_schedule to 1 over this run's steps, ours "
     "stays at 0.99 without a Trainer (same work, other values)",
     "ours: ReLU(inplace=True) in the heads, lightly's heads use ReLU() (memory, not FLOPs)",
