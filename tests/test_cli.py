@@ -34,7 +34,8 @@ def test_unknown_method_lists_the_choices(tmp_path):
     result = run_cli("+method=swav", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        "reco_lightning: error: +method=swav is unknown: choose one of +method=byol, +method=moco, +method=simclr"
+        "reco_lightning: error: +method=swav is unknown: choose one of +method=byol, +method=moco, +method=simclr, "
+        "+method=simsiam"
     )
 
 
