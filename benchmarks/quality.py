@@ -312,15 +312,18 @@ def report_resolution(results: dict[str, dict]) -> None:
 
 
 def report_ablations(results: dict[str, dict]) -> None:
-    print("| method | setting | overrides | kNN (held-out 5,000) | linear | vs default | training time (s) |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| method | setting | overrides | kNN (held-out 5,000) | linear | kNN vs off | kNN vs default | training time (s) |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    order = ["off", "default", *(name for name in ABLATIONS if name not in ("off", "default")), "teacher-online"]
     for method in METHODS:
         rows = {name.split("-abl-")[1]: r for name, r in results.items() if name.startswith(f"{method}-abl-")}
-        default = rows.get("default")
-        for setting, r in rows.items():
-            delta = "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
+        off, default = rows.get("off"), rows.get("default")
+        for setting in sorted(rows, key=lambda name: order.index(name) if name in order else len(order)):
+            r = rows[setting]
+            vs_off = "" if off is None else f"{100 * (r['final_knn'] - off['final_knn']):+.2f}"
+            vs_default = "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
             print(f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | {pct(r['final_knn'])} | "
-                  f"{pct(r['final_linear'])} | {delta} | {r['train_time_s']:.0f} |")
+                  f"{pct(r['final_linear'])} | {vs_off} | {vs_default} | {r['train_time_s']:.0f} |")
 
 
 def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
