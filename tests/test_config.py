@@ -6,10 +6,13 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from reco_lightning.config_checks import reject_unknown_keys
-from reco_lightning.train import require_method
+import inspect
+
 from reco_lightning.errors import ConfigError
-from reco_lightning.train import reco_settings
+from reco_lightning.methods import SSLMethod
+from reco_lightning.reco import ReCoConfig
+from reco_lightning.schema import method_arguments, reject_added_keys
+from reco_lightning.train import reco_settings, require_method
 
 METHODS = ["moco", "simclr", "byol"]
 DATASETS = ["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
@@ -69,15 +72,52 @@ def test_misspelt_key_is_rejected_by_struct_mode(compose_config):
         compose_config("+method=moco", "trainer.max_epoch=3")
 
 
-def test_added_unknown_key_gets_a_suggestion():
-    with pytest.raises(ConfigError, match="did you mean trainer.max_epochs"):
-        reject_unknown_keys("trainer", ["max_epoch"], ["max_epochs", "devices"])
+@pytest.mark.parametrize(
+    ("added", "hint"),
+    [
+        ("+trainer.max_epoch=3", "did you mean trainer.max_epochs"),
+        ("+method.tempreature=0.5", "did you mean method.temperature"),
+        ("+knn.kk=3", "did you mean knn.k"),
+        ("+reco.w_globl=2", "did you mean reco.w_global"),
+        ("+dataset.batchsize=8", "did you mean dataset.batch_size"),
+    ],
+)
+def test_a_key_added_with_plus_that_the_schema_lacks_gets_a_suggestion(compose_config, added, hint):
+    cfg = compose_config("+method=moco", "+reco=on", added)  # Hydra's + adds it past struct mode
+    with pytest.raises(ConfigError, match=hint):
+        reject_added_keys(cfg)
+    reject_added_keys(compose_config("+method=moco", "+reco=on"))  # the presets themselves pass
+
+
+def test_the_schema_types_the_values(compose_config):
+    with pytest.raises(ConfigCompositionException, match="knn.k=abc"):
+        compose_config("+method=moco", "knn.k=abc")
+    with pytest.raises(ConfigCompositionException, match="method.queue_size=many"):
+        compose_config("+method=moco", "method.queue_size=many")
+    assert compose_config("+method=moco", "optimizer.lr=1").optimizer.lr == 1.0  # an int is a float
+
+
+@pytest.mark.parametrize("method", ["moco", "simclr", "byol", "simsiam"])
+def test_the_schema_feeds_every_shared_method_argument(compose_config, method):
+    """A method is built from the schema's fields alone: a new SSLMethod argument without a
+    config key, or a key that feeds no argument, fails here."""
+    shared = set(inspect.signature(SSLMethod).parameters) - {"self", "num_classes", "reco"}
+    assert set(method_arguments(compose_config(f"+method={method}"))) == shared
+
+
+def test_presets_state_only_what_differs_from_the_constructors(compose_config):
+    from reco_lightning.methods import MoCo
+
+    cfg = compose_config("+method=moco", "+reco=on")
+    defaults = {k: p.default for k, p in inspect.signature(MoCo).parameters.items() if k != "kwargs"}
+    assert {k: cfg.method[k] for k in defaults if k != "queue_size"} == {k: v for k, v in defaults.items() if k != "queue_size"}
+    assert cfg.reco.tau_teacher == ReCoConfig().tau_teacher
 
 
 def test_invalid_reco_value_names_the_setting(compose_config):
     cfg = compose_config("+method=moco", "+reco=on", "reco.tau_teacher=0")
     with pytest.raises(ConfigError, match="reco.tau_teacher"):
-        reco_settings(cfg)
+        ReCoConfig.from_mapping(reco_settings(cfg))
 
 
 def test_slurm_launcher_config_composes_with_the_plugin(compose_config):

@@ -40,17 +40,8 @@ def main(cfg: DictConfig) -> float | None:
     return summary["knn_acc"]
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Checks of the raw command line that must run before Hydra creates the run directory."""
-    from .cli_checks import check_overrides
-
-    try:
-        check_overrides(argv)
-    except RecoLightningError as error:
-        print(f"reco_lightning: error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    from .cli_checks import check_or_exit
+
+    check_or_exit("reco_lightning", sys.argv[1:])  # before Hydra creates the run directory
     main()

@@ -30,6 +30,18 @@ UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueErro
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
 
 
+def checkpoint_file(value: object, setting: str, alternatives: str) -> Path:
+    """The checkpoint file ``setting=value`` names: a ``.ckpt`` file, or a run directory's
+    ``checkpoints/last.ckpt``; a ConfigError when there is none (``alternatives`` says what
+    else the setting takes)."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"{setting}={value}: no checkpoint at {path}; pass a .ckpt file{alternatives}")
+    return path
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The contents of the training checkpoint at ``path``, on the CPU.
 

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, RecoLightningError, one_line
 from .run_dir import check_fresh, holds_run, probe_run_dir, wants_resume
 
 #: Hydra's message for an override of a key that the composed config does not have
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
 #: Hydra's message for a config group option that does not exist (``+method=swav``)
 _NO_OPTION = re.compile(r"Could not find '([\w/]+)/([^']+)'")
+#: Hydra's message for a value the schema cannot take (``knn.k=abc``)
+_BAD_VALUE = re.compile(r"Error merging override (\S+)")
 
 
 def _value(overrides: Sequence[str], key: str) -> str | None:
@@ -70,6 +73,10 @@ def check_keys(overrides: list[str], config_name: str = "config") -> None:
         return
     except Exception as error:  # noqa: BLE001 - anything else is left for Hydra to report
         message = str(error)
+        bad_value = _BAD_VALUE.search(message)
+        if bad_value is not None and error.__cause__ is not None:
+            reason = str(error.__cause__).splitlines()[0]
+            raise ConfigError(f"{bad_value.group(1)}: {reason} (see the schema: --cfg job lists every key)") from None
     option = _NO_OPTION.search(message)
     if option is not None:
         group, name = option.groups()
@@ -94,4 +101,19 @@ def check_keys(overrides: list[str], config_name: str = "config") -> None:
     raise ConfigError(f"{key} is not a known setting: {hint}")
 
 
-__all__ = ["check_keys", "check_overrides"]
+def check_or_exit(program: str, argv: Sequence[str], config_name: str = "config") -> None:
+    """The checks of ``python -m program``'s command line; a problem prints one line and
+    exits with status 2. The training command checks everything above (``config``); eval
+    and export, whose runs change nothing until their checks pass, only the keys."""
+    try:
+        if config_name == "config":
+            check_overrides(argv)
+        elif not any(arg.startswith("-") for arg in argv):
+            check_keys([a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))],
+                       config_name)
+    except RecoLightningError as error:
+        print(f"{program}: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+
+
+__all__ = ["check_keys", "check_or_exit", "check_overrides"]

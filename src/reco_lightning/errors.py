@@ -27,6 +27,24 @@ class NonFiniteLossError(RecoLightningError, RuntimeError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 
 
+def positive(setting: str, value: float) -> float:
+    """``value`` if it is above 0, else a ConfigError that names ``setting``.
+
+    >>> positive("method.temperature", 0.2)
+    0.2
+    """
+    if not value > 0:
+        raise ConfigError(f"{setting}={value} must be positive")
+    return value
+
+
+def fraction(setting: str, value: float) -> float:
+    """``value`` if it lies in [0, 1] (a momentum), else a ConfigError that names ``setting``."""
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{setting}={value} must lie in [0, 1]")
+    return value
+
+
 def one_line(error: BaseException) -> str:
     """The message of ``error`` as the user should read it: one line.
 

@@ -427,19 +427,6 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {weights} ({info['format']}) and {description}; load it with:\n  {info['load']}")
 
 
-def check_command_line(argv: list[str]) -> None:
-    """A misspelt key gets a did-you-mean before Hydra's struct error (see cli_checks)."""
-    from .cli_checks import check_keys
-
-    if any(arg.startswith("-") for arg in argv):
-        return
-    try:
-        check_keys([a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))], "export")
-    except RecoLightningError as error:
-        print(f"reco_lightning.export: error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
 __all__ = [
     "FORMATS", "backbone_weights", "build_line", "check_format", "describe_architecture", "export_backbone",
     "load_line", "normalisation", "output_path", "torchvision_note",
@@ -447,5 +434,7 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    from .cli_checks import check_or_exit
+
+    check_or_exit("reco_lightning.export", sys.argv[1:], "export")  # a misspelt key gets a did-you-mean
     main()

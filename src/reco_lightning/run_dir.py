@@ -27,6 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .checkpoints import checkpoint_file
 from .errors import ConfigError
 
 #: what a run leaves in its directory (Hydra's own ``.hydra/`` record does not count)
@@ -87,15 +88,9 @@ def resolve_resume(resume: Any, output_dir: Path) -> Path | None:
     if str(resume) == "auto":
         last = output_dir / "checkpoints" / "last.ckpt"
         return last if last.is_file() else None
-    path = Path(str(resume)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(
-            f"resume={resume}: no checkpoint at {path}; pass a .ckpt file, a run directory that "
-            "holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir"
-        )
-    return path
+    return checkpoint_file(
+        resume, "resume", ", a run directory that holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir"
+    )
 
 
 def run_of_checkpoint(checkpoint: Path) -> Path | None:

@@ -23,15 +23,15 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
-from .config_checks import accepted_arguments, as_dict, reject_unknown_keys
+from .config_checks import as_dict
 from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
 from .errors import ConfigError
 from .launch import local_ranks
+from .schema import method_arguments, reject_added_keys
 from .metrics_log import CSVHistoryLogger, MetricsHistory
 from .trackers import build_trackers, log_config, log_summary
 from .methods import METHODS, SSLMethod
-from .reco import ReCoConfig
 from .run_dir import (
     check_fresh, check_writable, config_for_resume, resolve_resume, run_of_checkpoint, wants_resume,
 )
@@ -57,16 +57,13 @@ def require_method(cfg: DictConfig) -> str:
 def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:
     """ReCo's settings, or None when ``+reco`` is absent or ``off`` (the same run either way)."""
     settings = as_dict(cfg.get("reco"), "reco")
-    if not settings or not settings.get("enabled", False):
+    if not settings or not settings.pop("enabled", False):
         return None
-    settings.pop("enabled")
-    ReCoConfig.from_mapping(settings)  # validates names and ranges now, before any data is read
-    return settings
+    return settings  # its values are checked once, by ReCoConfig, when the method is built
 
 
 def build_datamodule(cfg: DictConfig, weak_view: bool) -> SSLDataModule:
     settings = {k: v for k, v in as_dict(cfg.dataset, "dataset").items() if k not in DATASET_HINT_KEYS}
-    reject_unknown_keys("dataset", settings, accepted_arguments(SSLDataModule) - {"weak_view", "seed"})
     return SSLDataModule(**settings, weak_view=weak_view, seed=cfg.seed)
 
 
@@ -75,7 +72,6 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
     # The CSV log shares the run directory with Hydra's files and config.yaml; Lightning
     # warns about any non-empty directory, although it only ever replaces its metrics.csv.
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-    reject_unknown_keys("trainer", settings, accepted_arguments(L.Trainer))
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
     loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
     checkpoints = ModelCheckpoint(
@@ -118,54 +114,23 @@ def build_method(
     cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer, reco: dict[str, Any] | None
 ) -> SSLMethod:
     name = require_method(cfg)
-    method_cls = METHODS[name]
     method_settings = as_dict(cfg.method, "method")
     method_settings.pop("name")
-    reject_unknown_keys("method", method_settings, accepted_arguments(method_cls))
-
-    optimizer = as_dict(cfg.optimizer, "optimizer")
-    reject_unknown_keys(
-        "optimizer", optimizer, {"name", "lr", "weight_decay", "momentum", "warmup_epochs", "classifier_lr", "kernel"}
-    )
-    check_optimizer(optimizer["name"], optimizer.get("kernel", "auto"))
-    backbone = as_dict(cfg.backbone, "backbone")
-    reject_unknown_keys("backbone", backbone, {"name", "width", "small_stem", "zero_init_residual", "channels_last", "compile"})
-    small_stem = backbone["small_stem"]
-    if small_stem == "auto":
-        small_stem = datamodule.image_size <= 64
+    arguments = method_arguments(cfg)
+    check_optimizer(arguments["optimizer"], arguments["optimizer_kernel"])
+    if arguments["small_stem"] == "auto":
+        arguments["small_stem"] = datamodule.image_size <= 64
     global_batch = datamodule.batch_size * trainer.world_size * int(cfg.trainer.accumulate_grad_batches)
-    for key in ("queue_size",):
-        if key in method_settings and method_settings[key] < global_batch:
+    arguments["lr"] *= global_batch / 256  # optimizer.lr is for a global batch of 256
+    sizes = {f"method.{key}": value for key, value in method_settings.items() if key == "queue_size"}
+    sizes.update({f"reco.{key}": (reco or {}).get(key, global_batch) for key in ("bank_size", "negatives_size")})
+    for key, size in sizes.items():
+        if size < global_batch:
             raise ConfigError(
-                f"method.{key}={method_settings[key]} cannot hold one global batch of {global_batch} keys: "
-                f"raise method.{key} (or dataset.queue_size) to at least {global_batch}"
+                f"{key}={size} cannot hold one global batch of {global_batch} keys: "
+                f"raise {key} (or dataset.queue_size) to at least {global_batch}"
             )
-    for key in ("bank_size", "negatives_size"):
-        if reco and reco.get(key, global_batch) < global_batch:
-            raise ConfigError(
-                f"reco.{key}={reco[key]} cannot hold one global batch of {global_batch} keys: "
-                f"raise reco.{key} (or dataset.queue_size) to at least {global_batch}"
-            )
-    return method_cls(
-        num_classes=datamodule.num_classes,
-        backbone=backbone["name"],
-        backbone_width=backbone["width"],
-        small_stem=bool(small_stem),
-        zero_init_residual=bool(backbone.get("zero_init_residual", False)),
-        channels_last=bool(backbone.get("channels_last", False)),
-        compile_backbone=bool(backbone.get("compile", False)),
-        optimizer=optimizer["name"],
-        optimizer_kernel=optimizer.get("kernel", "auto"),
-        lr=optimizer["lr"] * global_batch / 256,
-        weight_decay=optimizer["weight_decay"],
-        sgd_momentum=optimizer["momentum"],
-        warmup_epochs=optimizer["warmup_epochs"],
-        classifier_lr=optimizer["classifier_lr"],
-        knn_k=cfg.knn.k,
-        knn_temperature=cfg.knn.temperature,
-        reco=reco,
-        **method_settings,
-    )
+    return METHODS[name](num_classes=datamodule.num_classes, reco=reco, **arguments, **method_settings)
 
 
 def train(
@@ -183,6 +148,7 @@ def train(
     rank_zero = global_rank_from_environment() == 0
     cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
     method_name = require_method(cfg)
+    reject_added_keys(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
     datamodule = build_datamodule(cfg, weak_view=reco is not None)

@@ -73,6 +73,16 @@ def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
     ]
 
 
+def _crop(image_size: int, crop_scale: Sequence[float]) -> v2.RandomResizedCrop:
+    """The random crop that starts the strong and the weak view."""
+    return v2.RandomResizedCrop(_check_size(image_size), scale=_check_scale(crop_scale), antialias=True)
+
+
+def _finish(steps: list[Any], horizontal_flip: bool, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """The common end of the strong and the weak view: the optional flip, then tensors."""
+    return v2.Compose(steps + ([v2.RandomHorizontalFlip()] if horizontal_flip else []) + _to_tensor(mean, std))
+
+
 def blur_kernel_size(image_size: int) -> int:
     """Gaussian blur kernel of about 10 % of the image side, made odd as blur requires."""
     kernel = max(3, int(0.1 * image_size))
@@ -93,20 +103,14 @@ def strong_view(
     another symbol, so invariance to flips is wrong for such data), then tensor conversion
     and normalisation.
     """
-    size = _check_size(image_size)
-    scale = _check_scale(crop_scale)
     steps: list[Any] = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        _crop(image_size, crop_scale),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
     ]
-    if size >= BLUR_MIN_SIZE:
-        steps.append(
-            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5)
-        )
-    if horizontal_flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + _to_tensor(mean, std))
+    if image_size >= BLUR_MIN_SIZE:
+        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0))], p=0.5))
+    return _finish(steps, horizontal_flip, mean, std)
 
 
 def weak_view(
@@ -117,12 +121,7 @@ def weak_view(
     horizontal_flip: bool = True,
 ) -> Callable[[Any], torch.Tensor]:
     """Geometry-only augmentation (crop + flip) for ReCo's weak view; colours are kept."""
-    size = _check_size(image_size)
-    scale = _check_scale(crop_scale)
-    steps: list[Any] = [v2.RandomResizedCrop(size, scale=scale, antialias=True)]
-    if horizontal_flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + _to_tensor(mean, std))
+    return _finish([_crop(image_size, crop_scale)], horizontal_flip, mean, std)
 
 
 def eval_view(

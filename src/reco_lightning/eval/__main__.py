@@ -22,19 +22,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
-def check_command_line(argv: list[str]) -> None:
-    """A misspelt key gets a did-you-mean before Hydra's struct error (see cli_checks)."""
-    from ..cli_checks import check_keys
-
-    if any(arg.startswith("-") for arg in argv):
-        return
-    try:
-        check_keys([a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))], "eval")
-    except RecoLightningError as error:
-        print(f"reco_lightning.eval: error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    from ..cli_checks import check_or_exit
+
+    check_or_exit("reco_lightning.eval", sys.argv[1:], "eval")  # a misspelt key gets a did-you-mean
     main()

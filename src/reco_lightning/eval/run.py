@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import read_checkpoint
+from ..checkpoints import checkpoint_file, read_checkpoint
 from ..config_checks import as_dict
 from ..errors import ConfigError
 from ..models import build_backbone
@@ -42,15 +42,7 @@ def resolve_checkpoint(value: Any) -> Path:
             "python -m reco_lightning.eval checkpoint=outputs/DATE/TIME (a run directory: its "
             "checkpoints/last.ckpt) or checkpoint=RUN/checkpoints/best-....ckpt"
         )
-    path = Path(str(value)).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise ConfigError(
-            f"checkpoint={value}: no checkpoint at {path}; pass a .ckpt file or a run directory "
-            "that holds checkpoints/last.ckpt"
-        )
-    return path
+    return checkpoint_file(value, "checkpoint", " or a run directory that holds checkpoints/last.ckpt")
 
 
 def run_directory(checkpoint: Path) -> Path:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..errors import ConfigError, NonFiniteLossError
+from ..errors import ConfigError, NonFiniteLossError, positive
 from ..metrics.diagnostics import relation_diagnostics
 from ..metrics.knn import KNNMonitor
 from ..models import build_backbone
@@ -188,8 +188,7 @@ class SSLMethod(L.LightningModule):
         self.save_hyperparameters()
         if num_classes < 2:
             raise ConfigError(f"num_classes={num_classes}: the validation data needs at least two classes")
-        if knn_k <= 0 or knn_temperature <= 0:
-            raise ConfigError(f"knn.k={knn_k} and knn.temperature={knn_temperature} must be positive")
+        positive("knn.k", knn_k), positive("knn.temperature", knn_temperature)
         self.backbone, self.feature_dim = build_backbone(
             backbone, backbone_width, small_stem, zero_init_residual
         )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import fraction, positive
 from ..models import mlp_head
 from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
@@ -43,16 +43,10 @@ class BYOL(SSLMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"method.momentum={momentum} must lie in [0, 1]")
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature={temperature} must be positive")
-        if predictor_lr_scale <= 0:
-            raise ConfigError(f"method.predictor_lr_scale={predictor_lr_scale} must be positive")
-        self.predictor_lr_scale = predictor_lr_scale
-        self.base_momentum = momentum
+        self.predictor_lr_scale = positive("method.predictor_lr_scale", predictor_lr_scale)
+        self.base_momentum = fraction("method.momentum", momentum)
         self.momentum_schedule = "cosine"
-        self.temperature = temperature
+        self.temperature = positive("method.temperature", temperature)
         self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, fraction, positive
 from ..models import mlp_head
 from ..reco.queue import FeatureQueue
 from ..utils.momentum import make_target
@@ -52,14 +52,10 @@ class MoCo(SSLMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature={temperature} must be positive")
-        if not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"method.momentum={momentum} must lie in [0, 1]")
         if momentum_schedule not in ("constant", "cosine"):
             raise ConfigError(f"method.momentum_schedule={momentum_schedule!r}: choose 'constant' or 'cosine'")
-        self.temperature = temperature
-        self.base_momentum = momentum
+        self.temperature = positive("method.temperature", temperature)
+        self.base_momentum = fraction("method.momentum", momentum)
         self.momentum_schedule = momentum_schedule
         self.symmetric = symmetric
         self.embedding_dim = proj_output_dim

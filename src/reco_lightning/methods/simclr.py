@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import positive
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
 from ..losses.instance import nt_xent_loss
@@ -37,9 +37,7 @@ class SimCLR(SSLMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature={temperature} must be positive")
-        self.temperature = temperature
+        self.temperature = positive("method.temperature", temperature)
         self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.reco = self.make_reco(proj_output_dim, teacher_modules=["backbone", "projector"])

@@ -7,7 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import positive
 from ..losses.instance import byol_loss
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
@@ -39,9 +39,7 @@ class SimSiam(SSLMethod):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ConfigError(f"method.temperature={temperature} must be positive")
-        self.temperature = temperature
+        self.temperature = positive("method.temperature", temperature)
         self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=3, output_bn=True)
         self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)

@@ -5,6 +5,6 @@ It sits below both, so that the methods need not import the ``eval`` command.
 """
 
 from .diagnostics import relation_diagnostics
-from .knn import KNNMonitor, KNNResult, knn_accuracy, weighted_knn_predict, weighted_knn_scores
+from .knn import KNNMonitor, KNNResult, knn_accuracy, weighted_knn_scores
 
-__all__ = ["KNNMonitor", "KNNResult", "knn_accuracy", "relation_diagnostics", "weighted_knn_predict", "weighted_knn_scores"]
+__all__ = ["KNNMonitor", "KNNResult", "knn_accuracy", "relation_diagnostics", "weighted_knn_scores"]

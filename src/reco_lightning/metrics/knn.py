@@ -47,21 +47,6 @@ def weighted_knn_scores(
     return torch.cat(scores)
 
 
-@torch.no_grad()
-def weighted_knn_predict(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-    chunk_size: int = 1024,
-) -> Tensor:
-    """Class predictions for ``test_features``: the class with most votes (see above)."""
-    scores = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature, chunk_size)
-    return scores.argmax(dim=1)
-
-
 def knn_accuracy(
     train_features: Tensor,
     train_labels: Tensor,
@@ -71,8 +56,8 @@ def knn_accuracy(
     k: int = 200,
     temperature: float = 0.1,
 ) -> float:
-    """Top-1 accuracy (0..1) of :func:`weighted_knn_predict`."""
-    predicted = weighted_knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
+    """Top-1 accuracy (0..1) of the class with most votes (:func:`weighted_knn_scores`)."""
+    predicted = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature).argmax(1)
     return (predicted == test_labels).float().mean().item()
 
 

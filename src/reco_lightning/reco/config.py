@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, fraction, positive
 from .mixing import MIX_MODES
 
 #: where the local term's negatives come from
@@ -56,8 +56,7 @@ class ReCoConfig:
 
     def __post_init__(self) -> None:
         for name in ("tau_student", "tau_teacher", "alpha"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"reco.{name}={getattr(self, name)} must be positive")
+            positive(f"reco.{name}", getattr(self, name))
         if self.tau_local is not None and self.tau_local <= 0:
             raise ConfigError(f"reco.tau_local={self.tau_local} must be positive (or null for the method's)")
         for name in ("w_global", "w_local"):
@@ -70,8 +69,7 @@ class ReCoConfig:
             raise ConfigError(f"reco.negatives={self.negatives!r} is unknown: choose one of {list(NEGATIVES)}")
         if self.teacher not in TEACHERS:
             raise ConfigError(f"reco.teacher={self.teacher!r} is unknown: choose one of {list(TEACHERS)}")
-        if not 0.0 <= self.teacher_momentum <= 1.0:
-            raise ConfigError(f"reco.teacher_momentum={self.teacher_momentum} must lie in [0, 1]")
+        fraction("reco.teacher_momentum", self.teacher_momentum)
         if self.warmup_epochs < 0:
             raise ConfigError(f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)")
         if self.mix not in MIX_MODES:

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, positive
 
 
 class LARS(torch.optim.Optimizer):
@@ -133,8 +133,7 @@ def build_optimizer(
     or ``auto`` (torch's own choice: ``foreach`` on a GPU, ``loop`` on a CPU).
     ``benchmarks/fast_paths.py`` measures them.
     """
-    if lr <= 0:
-        raise ConfigError(f"optimizer.lr={lr} must be positive")
+    positive("optimizer.lr", lr)
     check_optimizer(name, kernel)
     if name == "sgd":
         clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]

@@ -1,0 +1,193 @@
+"""The config schema: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The schema is the single source of each group's keys, types and defaults. Hydra composes
+the YAML presets on top of it, so a misspelt key or a value of the wrong type fails while
+the config is composed, and the presets state only what differs from the schema.
+
+* ``backbone``, ``optimizer`` and ``knn`` are written out below; each field names the
+  method argument it feeds (:func:`method_arguments`), so a method is built from the
+  config without a hand-kept list of keyword arguments.
+* ``method``, ``dataset``, ``trainer`` and ``reco`` are read off the constructor that the
+  group configures (a method class, :class:`~reco_lightning.data.SSLDataModule`, Lightning's
+  ``Trainer``, :class:`~reco_lightning.reco.ReCoConfig`): their keyword arguments, with
+  types and defaults, are the keys. A new method gets its schema from its ``__init__``.
+
+Value checks stay with the object a group builds (one place each: the method, the
+DataModule, the Trainer, ``ReCoConfig``, ``build_backbone``, ``check_optimizer``), so the
+Python API checks the same values as the CLI.
+
+>>> from omegaconf import OmegaConf
+>>> OmegaConf.structured(KNNConfig).k
+200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import lightning as L
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from .config_checks import reject_unknown_keys
+from .data import SSLDataModule
+from .methods import METHODS
+from .reco import ReCoConfig
+
+
+def feeds(argument: str, default: Any) -> Any:
+    """A schema field whose value is the method's keyword argument ``argument``."""
+    return field(default=default, metadata={"argument": argument})
+
+
+@dataclass
+class BackboneConfig:
+    """``backbone.*``: the network whose features are learnt.
+
+    ``name``: ``resnet18`` | ``resnet34`` | ``resnet50`` (torchvision, random init) or
+    ``timm/<model>``. ``width``: channels of the first stage (64 = torchvision's ResNet).
+    ``small_stem``: ``auto`` takes the 3x3 stem without max-pool for images of 64 px or
+    less. ``zero_init_residual``: start each residual block as its shortcut.
+    ``channels_last`` and ``compile``: see benchmarks/channels_last.py and fast_paths.py.
+    """
+
+    name: str = feeds("backbone", "resnet18")
+    width: int = feeds("backbone_width", 64)
+    small_stem: Any = feeds("small_stem", "auto")
+    zero_init_residual: bool = feeds("zero_init_residual", True)
+    channels_last: bool = feeds("channels_last", False)
+    compile: bool = feeds("compile_backbone", False)
+
+
+@dataclass
+class OptimizerConfig:
+    """``optimizer.*``. ``lr`` is the peak learning rate for a global batch of 256, scaled
+    linearly; ``classifier_lr`` is the online probe's; ``kernel`` (``auto`` | ``loop`` |
+    ``foreach`` | ``fused``, the last for SGD only) is how the update runs."""
+
+    name: str = feeds("optimizer", "sgd")
+    lr: float = feeds("lr", 0.3)
+    weight_decay: float = feeds("weight_decay", 1e-4)
+    momentum: float = feeds("sgd_momentum", 0.9)
+    warmup_epochs: float = feeds("warmup_epochs", 0.0)
+    classifier_lr: float = feeds("classifier_lr", 0.1)
+    kernel: str = feeds("optimizer_kernel", "auto")
+
+
+@dataclass
+class KNNConfig:
+    """``knn.*``: the weighted kNN monitor of every validation epoch."""
+
+    k: int = feeds("knn_k", 200)
+    temperature: float = feeds("knn_temperature", 0.1)
+
+
+#: the written-out groups whose fields feed the method's shared arguments
+SHARED_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "optimizer": OptimizerConfig, "knn": KNNConfig}
+
+
+def _config_type(hint: Any) -> Any:
+    """The type OmegaConf can enforce for an annotation: a scalar, an optional scalar, or Any."""
+    scalars = (int, float, bool, str)
+    if hint in scalars:
+        return hint
+    arguments = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(arguments) == 2 and type(None) in arguments:
+        inner = next(a for a in arguments if a is not type(None))
+        return Optional[inner] if inner in scalars else Any
+    return Any
+
+
+def schema_of(
+    target: Callable[..., Any], schema_name: str, skip: tuple[str, ...] = (), required: tuple[str, ...] = (),
+    **extra: Any,
+) -> type:
+    """A dataclass of ``target``'s keyword arguments (keys, enforceable types, defaults),
+    without ``skip``, with no default for ``required`` (a preset must set them; a ``???``
+    in YAML cannot take a default away) and with the ``extra`` fields (name -> default) first."""
+    function = target.__init__ if inspect.isclass(target) else target
+    hints = typing.get_type_hints(function)
+    specs: list[tuple[str, Any, Any]] = [(key, _config_type(type(value)), field(default=value)) for key, value in extra.items()]
+    for parameter in inspect.signature(target).parameters.values():
+        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or parameter.name in skip:
+            continue
+        default = parameter.default
+        if default is inspect.Parameter.empty or parameter.name in required:
+            default = "???"  # mandatory: OmegaConf's missing value
+        elif isinstance(default, (list, tuple, dict)):
+            default = field(default_factory=lambda value=default: list(value) if isinstance(value, tuple) else value)
+        specs.append((parameter.name, _config_type(hints.get(parameter.name, Any)),
+                      default if isinstance(default, dataclasses.Field) else field(default=default)))
+    return dataclasses.make_dataclass(schema_name, specs)
+
+
+#: keyword arguments of the Trainer that the run sets itself
+TRAINER_OWN = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins")
+DatasetSchema = schema_of(
+    SSLDataModule, "DatasetSchema", skip=("weak_view", "seed"), required=("name", "root"), queue_size=4096
+)
+TrainerSchema = schema_of(L.Trainer, "TrainerSchema", skip=TRAINER_OWN)
+ReCoSchema = schema_of(ReCoConfig, "ReCoSchema", enabled=True)
+METHOD_SCHEMAS: dict[str, type] = {
+    name: schema_of(cls, f"{cls.__name__}Schema", name=name) for name, cls in METHODS.items()
+}
+
+
+@dataclass
+class RunConfig:
+    """The top of ``python -m reco_lightning``'s config (``conf/config.yaml`` fills it)."""
+
+    seed: int = 0
+    resume: Optional[str] = None
+    pictures: bool = True
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    trainer: Any = field(default_factory=TrainerSchema)
+    dataset: Any = None
+    method: Any = None
+    reco: Any = None
+    logger: Any = None
+
+
+def register() -> None:
+    """Store the schema in Hydra's ConfigStore: ``run_schema`` (the top),
+    ``schema/dataset``, ``schema/reco`` and ``schema/method/<name>``, which the presets
+    name in their defaults lists."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    store.store(group="schema", name="dataset", node=DatasetSchema)
+    store.store(group="schema", name="reco", node=ReCoSchema)
+    for name, schema in METHOD_SCHEMAS.items():
+        store.store(group="schema/method", name=name, node=schema)
+
+
+def reject_added_keys(cfg: DictConfig) -> None:
+    """A key added with ``+`` that its group's schema does not have (``+trainer.max_epoch=2``)
+    is a ConfigError with a did-you-mean; Hydra's struct mode has let it through."""
+    for group in ("backbone", "optimizer", "knn", "trainer", "dataset", "method", "reco"):
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is not None and dataclasses.is_dataclass(schema):
+            reject_unknown_keys(group, node.keys(), [f.name for f in dataclasses.fields(schema)])
+
+
+def method_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """The shared keyword arguments of a method, read off the groups' schema fields."""
+    arguments = {}
+    for group, schema in SHARED_GROUPS.items():
+        for spec in dataclasses.fields(schema):
+            arguments[spec.metadata["argument"]] = cfg[group][spec.name]
+    return arguments
+
+
+__all__ = [
+    "BackboneConfig", "KNNConfig", "OptimizerConfig", "RunConfig", "method_arguments", "register",
+    "reject_added_keys", "schema_of",
+]
