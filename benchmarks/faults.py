@@ -291,6 +291,8 @@ def cases() -> list[Case]:
         Case("misspelt key with + (+trainer.max_epoch=2)", tiny(*MOCO, "+trainer.max_epoch=2")),
         Case("misspelt key without + (trainer.max_epoch=2)", tiny(*MOCO, "trainer.max_epoch=2")),
         Case("misspelt reco key (reco.w_globl=1)", tiny(*MOCO_RECO, "reco.w_globl=1")),
+        Case("misspelt method key with + (+method.tempreature=0.5)", tiny(*MOCO, "+method.tempreature=0.5")),
+        Case("value of the wrong type (knn.k=abc)", tiny(*MOCO, "knn.k=abc")),
         # -- ReCo's settings
         Case("reco.tau_student=0", tiny(*MOCO_RECO, "reco.tau_student=0")),
         Case("negative weight reco.w_local=-1", tiny(*MOCO_RECO, "reco.w_local=-1")),

@@ -51,8 +51,6 @@ from .errors import ConfigError, RecoLightningError, one_line
 
 #: the file extension of each format
 FORMATS: dict[str, str] = {"torchvision": ".pth", "timm": ".pth", "safetensors": ".safetensors", "torchscript": ".pt"}
-#: formats named here that need something this checkpoint cannot have
-NOT_YET: tuple[str, ...] = ()
 #: the file name (without extension) that export writes into a folder
 STEM = "backbone"
 
@@ -67,9 +65,9 @@ def check_format(name: Any) -> str:
     'safetensors'
     """
     text = str(name).strip()
-    if text in FORMATS or text in NOT_YET:
+    if text in FORMATS:
         return text
-    close = difflib.get_close_matches(text.lower(), [*FORMATS, *NOT_YET], n=1)
+    close = difflib.get_close_matches(text.lower(), list(FORMATS), n=1)
     hint = f"did you mean format={close[0]}? " if close else ""
     raise ConfigError(f"format={name} is not a format export writes: {hint}choose one of {', '.join(FORMATS)}")
 

@@ -28,7 +28,7 @@ from ..errors import ConfigError, NonFiniteLossError, positive
 from ..metrics.diagnostics import relation_diagnostics
 from ..metrics.knn import KNNMonitor
 from ..models import build_backbone
-from ..reco import ReCo, ReCoConfig, log_reco_terms, training_progress
+from ..reco import ReCo, log_reco_terms, training_progress
 from ..reco.teacher import trainable_children
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
@@ -218,10 +218,6 @@ class SSLMethod(L.LightningModule):
     @property
     def reco_enabled(self) -> bool:
         return self.reco is not None
-
-    @property
-    def reco_config(self) -> ReCoConfig | None:
-        return self.reco.config if self.reco is not None else None
 
     # -- what a method implements ------------------------------------------------------
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, fraction, positive
@@ -88,6 +88,3 @@ class ReCoConfig:
         if unknown:
             raise ConfigError(f"unknown reco setting(s) {unknown}: valid are {sorted(known)}")
         return cls(**settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
