@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
 from reco_lightning.errors import ConfigError
 from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin, module as reco_module
-from reco_lightning.reco.module import as_config
 from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from reco_lightning.reco.mixing import mix_views
 from reco_lightning.reco.queue import FeatureQueue
@@ -44,7 +44,7 @@ class Tiny(ReCoMixin, L.LightningModule):
         self.online = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.target = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.keys = negatives
-        settings = as_config(reco)
+        settings = ReCoConfig.from_mapping(reco)
         self.reco = None if settings is None else ReCo(
             settings, DIM, self, temperature=temperature, borrows_negatives=negatives is not None
         )
@@ -363,6 +363,10 @@ def test_from_mapping_defaults_and_off():
     assert config == ReCoConfig()
     assert (config.w_global, config.w_local, config.tau_student, config.tau_teacher) == (1.0, 1.0, 0.1, 0.04)
     assert (config.alpha, config.mix, config.tau_local) == (1.0, "cutmix", None)
+    assert ReCoConfig.from_mapping(config) is config
+    assert ReCoConfig.from_mapping(OmegaConf.create({"w_local": 0.5, "enabled": True})) == ReCoConfig(w_local=0.5)
+    with pytest.raises(TypeError, match="a ReCoConfig, a mapping or None"):
+        ReCoConfig.from_mapping(0.5)
 
 
 # --------------------------------------------------------------------------- (h) borrowed queue

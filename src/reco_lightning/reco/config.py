@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, fraction, positive
 from .mixing import MIX_MODES
@@ -76,10 +79,15 @@ class ReCoConfig:
             raise ConfigError(f"reco.mix={self.mix!r} is unknown: choose one of {list(MIX_MODES)}")
 
     @classmethod
-    def from_mapping(cls, settings: dict[str, Any] | None) -> "ReCoConfig | None":
-        """Build from a (config) mapping; ``None`` or ``enabled: false`` means ReCo is off."""
-        if settings is None:
-            return None
+    def from_mapping(cls, settings: "ReCoConfig | Mapping[str, Any] | None") -> "ReCoConfig | None":
+        """A ReCoConfig from itself, any mapping (a Hydra ``DictConfig`` too) or ``None``;
+        ``None`` and ``enabled: false`` mean ReCo is off."""
+        if settings is None or isinstance(settings, ReCoConfig):
+            return settings
+        if isinstance(settings, DictConfig):
+            settings = OmegaConf.to_container(settings, resolve=True)  # type: ignore[assignment]
+        if not isinstance(settings, Mapping):
+            raise TypeError(f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}")
         settings = dict(settings)
         if not settings.pop("enabled", True):
             return None

@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -95,18 +94,6 @@ class ReCoTerms:
         return self.local is None and self.w_local > 0
 
 
-def as_config(settings: ReCoConfig | Mapping[str, Any] | None) -> ReCoConfig | None:
-    """A :class:`ReCoConfig` from a config object, any mapping (a Hydra ``DictConfig``
-    too) or ``None``; ``None`` and ``{"enabled": False}`` mean ReCo is off."""
-    if isinstance(settings, DictConfig):
-        settings = OmegaConf.to_container(settings, resolve=True)  # type: ignore[assignment]
-    if settings is None or isinstance(settings, ReCoConfig):
-        return settings
-    if isinstance(settings, Mapping):
-        return ReCoConfig.from_mapping(dict(settings))
-    raise TypeError(f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}")
-
-
 class ReCo(nn.Module):
     """ReCo's relation bank, negatives, teacher, mixing and both terms, in one module.
 
@@ -152,7 +139,7 @@ class ReCo(nn.Module):
         momentum_schedule: str = "constant",
     ) -> None:
         super().__init__()
-        checked = as_config(config)
+        checked = ReCoConfig.from_mapping(config)
         if checked is None:
             raise ConfigError("ReCo was built with reco.enabled=false: build no ReCo module to turn it off")
         self.config = checked
@@ -175,7 +162,7 @@ class ReCo(nn.Module):
     ) -> ReCo | None:
         """A ReCo, or None when ``settings`` turn ReCo off (``None`` or ``enabled: false``,
         as Hydra's ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
-        config = as_config(settings)
+        config = ReCoConfig.from_mapping(settings)
         return None if config is None else cls(config, embedding_dim, owner, **options)
 
     @staticmethod
