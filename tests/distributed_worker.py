@@ -34,6 +34,7 @@ class DumpQueues(L.Callback):
             for name, buffer in pl_module.named_buffers()
             if name.endswith(("features", "pointer", "num_enqueued"))
         }
+        buffers["relation bank keys enqueued"] = int(pl_module.reco.bank.num_enqueued)
         torch.save(buffers, self.path)
 
 
