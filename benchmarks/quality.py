@@ -323,8 +323,29 @@ def report_baselines(results: dict[str, dict]) -> None:
 def report_resolution(results: dict[str, dict]) -> None:
     off, on = results.get("simclr-off-s0-32px"), results.get("simclr-on-s0-32px")
     if off and on:
-        print(f"SimCLR at 32 px, 6 epochs: kNN off {pct(off['final_knn'])}, on {pct(on['final_knn'])} "
-              f"({100 * (on['final_knn'] - off['final_knn']):+.2f})")
+        print("| SimCLR, seed 0 | kNN off | kNN on | on - off | linear off | linear on | time on / off |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for label, suffix in (("16 px, 20 epochs (grid)", ""), ("32 px, 6 epochs", "-32px")):
+            off, on = results.get(f"simclr-off-s0{suffix}"), results.get(f"simclr-on-s0{suffix}")
+            if off and on:
+                print(f"| {label} | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
+                      f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
+                      f"{pct(on['final_linear'])} | {on['train_time_s'] / off['train_time_s']:.2f} |")
+
+
+def report_mixup(results: dict[str, dict]) -> None:
+    """BYOL + ReCo with Mixup against the grid's BYOL cells (ReCo off, and on with CutMix)."""
+    rows = [(seed, results.get(f"byol-off-s{seed}"), results.get(f"byol-on-s{seed}"), results.get(f"byol-on-mixup-s{seed}"))
+            for seed in (0, 1)]
+    rows = [row for row in rows if all(row[1:])]
+    if not rows:
+        return
+    print("| BYOL, seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for seed, off, cutmix, mixup in rows:
+        print(f"| {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
+              f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | {100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
+              f"{pct(cutmix['final_linear'])} | {pct(mixup['final_linear'])} |")
 
 
 def report_ablations(results: dict[str, dict]) -> None:
@@ -381,6 +402,8 @@ def command_report(args: argparse.Namespace) -> None:
     report_baselines(results)
     print()
     report_resolution(results)
+    print()
+    report_mixup(results)
     print()
     report_ablations(results)
     if args.plots:
