@@ -5,7 +5,8 @@
     python benchmarks/quality.py run --cells equal-time           # ReCo off for as long as ReCo on took
     python benchmarks/quality.py run --cells baselines            # plain methods from lightly's parts
     python benchmarks/quality.py run --cells resolution           # SimCLR off/on at 32 px, 6 epochs
-    python benchmarks/quality.py run --cells mixup                # BYOL + ReCo with Mixup, the grid's 2 seeds
+    python benchmarks/quality.py run --cells mixup                # BYOL + ReCo with CutMix, the grid's 2 seeds
+    python benchmarks/quality.py run --cells mixup-moco           # MoCo + ReCo with Mixup, the grid's 2 seeds
     python benchmarks/quality.py report                           # tables and docs/img/quality_*.png
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
@@ -118,9 +119,17 @@ def resolution_cells() -> list[Cell]:
 
 
 def mixup_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
-    """BYOL + ReCo with Mixup on the grid's seeds and split: the ablation found it 2.7 kNN
-    points above CutMix on one seed; does it hold before it becomes BYOL's default?"""
-    return [Cell(f"byol-on-mixup-s{seed}", "byol", True, seed, ("reco.mix=mixup",)) for seed in seeds]
+    """BYOL + ReCo with CutMix on the grid's seeds and split, against the grid's BYOL cells,
+    which mix with Mixup (BYOL's ``reco.mix=auto`` since 2026-12-03). The two Mixup cells
+    ran as ``reco.mix=mixup`` before it became the default; their result files are the
+    grid's ``byol-on-s0``/``-s1`` and the CutMix cells are the grid's earlier ones."""
+    return [Cell(f"byol-on-cutmix-s{seed}", "byol", True, seed, ("reco.mix=cutmix",)) for seed in seeds]
+
+
+def moco_mixup_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
+    """MoCo + ReCo with Mixup on the grid's seeds and split: the ablation found it 1.16 kNN
+    points above CutMix on one seed, within MoCo's seed-to-seed spread (1.3)."""
+    return [Cell(f"moco-on-mixup-s{seed}", "moco", True, seed, ("reco.mix=mixup",)) for seed in seeds]
 
 
 def baseline_cells() -> list[Cell]:
@@ -240,7 +249,8 @@ def equal_time_cells(protocol: str) -> list[Cell]:
 
 def select(cells_arg: str, protocol: str) -> list[Cell]:
     cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(protocol),
-             "baselines": baseline_cells(), "resolution": resolution_cells(), "mixup": mixup_cells()}
+             "baselines": baseline_cells(), "resolution": resolution_cells(), "mixup": mixup_cells(),
+             "mixup-moco": moco_mixup_cells()}
     chosen: list[Cell] = []
     by_name = {c.name: c for group in cells.values() for c in group}
     for part in cells_arg.split(","):
@@ -334,8 +344,8 @@ def report_resolution(results: dict[str, dict]) -> None:
 
 
 def report_mixup(results: dict[str, dict]) -> None:
-    """BYOL + ReCo with Mixup against the grid's BYOL cells (ReCo off, and on with CutMix)."""
-    rows = [(seed, results.get(f"byol-off-s{seed}"), results.get(f"byol-on-s{seed}"), results.get(f"byol-on-mixup-s{seed}"))
+    """BYOL + ReCo with Mixup (the grid's cells, BYOL's default) against CutMix and ReCo off."""
+    rows = [(seed, results.get(f"byol-off-s{seed}"), results.get(f"byol-on-cutmix-s{seed}"), results.get(f"byol-on-s{seed}"))
             for seed in (0, 1)]
     rows = [row for row in rows if all(row[1:])]
     if not rows:
@@ -370,16 +380,19 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     for method in METHODS:
-        runs = [r for r in results.values() if r["cell"].startswith((f"{method}-on-s", f"{method}-off-s"))]
+        runs = [r for r in results.values()
+                if r["cell"].startswith((f"{method}-on-s", f"{method}-off-s", f"{method}-on-cutmix-s"))]
         if not runs:
             continue
         figure, axis = plt.subplots(figsize=(6, 4))
         for r in runs:
             epochs = [0] + [p["epoch"] for p in r["curve"]]
             knn = [r["knn_random_init"]] + [p["knn"] for p in r["curve"]]
-            axis.plot(epochs, [100 * v for v in knn], color="tab:red" if r["reco"] else "tab:blue",
+            cutmix = "-cutmix-" in r["cell"]
+            axis.plot(epochs, [100 * v for v in knn],
+                      color="tab:gray" if cutmix else "tab:red" if r["reco"] else "tab:blue",
                       linestyle="-" if r["seed"] == 0 else "--",
-                      label=f"ReCo {'on' if r['reco'] else 'off'}, seed {r['seed']}")
+                      label=f"ReCo {'on, CutMix' if cutmix else 'on' if r['reco'] else 'off'}, seed {r['seed']}")
         axis.set_xlabel("epoch")
         axis.set_ylabel("kNN top-1 on the 10,000 test images (%)")
         axis.set_title(f"{method}: protocol {runs[0]['protocol']}")
