@@ -47,7 +47,7 @@ def test_method_presets_set_their_own_optimizer_and_the_command_line_wins(compos
 def test_reco_defaults_follow_reco_md(compose_config):
     reco = compose_config("+method=moco", "+reco=on").reco
     assert (reco.w_global, reco.w_local) == (1.0, 1.0)
-    assert (reco.tau_student, reco.tau_teacher, reco.alpha, reco.mix) == (0.1, 0.04, 1.0, "cutmix")
+    assert (reco.tau_student, reco.tau_teacher, reco.alpha, reco.mix) == (0.1, 0.04, 1.0, "auto")
 
 
 def test_reco_off_and_absent_mean_the_same_run(compose_config):

@@ -362,7 +362,7 @@ def test_from_mapping_defaults_and_off():
     config = ReCoConfig.from_mapping({"enabled": True})
     assert config == ReCoConfig()
     assert (config.w_global, config.w_local, config.tau_student, config.tau_teacher) == (1.0, 1.0, 0.1, 0.04)
-    assert (config.alpha, config.mix, config.tau_local) == (1.0, "cutmix", None)
+    assert (config.alpha, config.mix, config.tau_local) == (1.0, "auto", None)
     assert ReCoConfig.from_mapping(config) is config
     assert ReCoConfig.from_mapping(OmegaConf.create({"w_local": 0.5, "enabled": True})) == ReCoConfig(w_local=0.5)
     with pytest.raises(TypeError, match="a ReCoConfig, a mapping or None"):

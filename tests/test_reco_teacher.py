@@ -359,6 +359,39 @@ def test_teacher_setting_overrides_auto(choice, kind, monkeypatch):
     model.reco.teacher_embedding(model, torch.randn(2, 3, 16, 16))
 
 
+# --------------------------------------------------------------------------- which mixing
+def _method(cls, reco: dict):
+    sizes = dict(proj_hidden_dim=32, proj_output_dim=16)
+    if cls is BYOL:
+        sizes["pred_hidden_dim"] = 32
+    if cls is MoCo:
+        sizes["queue_size"] = 64
+    return cls(num_classes=10, backbone_width=8, small_stem=True, reco={"bank_size": 64, "negatives_size": 64, **reco},
+               **sizes)
+
+
+@pytest.mark.parametrize("cls, setting, used", [
+    (BYOL, "auto", "mixup"), (MoCo, "auto", "cutmix"), (SimCLR, "auto", "cutmix"),
+    (BYOL, "cutmix", "cutmix"), (MoCo, "mixup", "mixup"),
+])
+def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, used, monkeypatch):
+    model = _method(cls, {"mix": setting, "warmup_epochs": 0})
+    modes = []
+    monkeypatch.setattr(reco_module, "mix_views", lambda a, b, mode, alpha: modes.append(mode) or mix_views(a, b, mode, alpha))
+    v1, v2, w = (torch.randn(B, 3, 16, 16) for _ in range(3))
+    negatives = _keys(B, 3, dim=16) if cls is MoCo else None
+    for _ in range(2):  # the first call only fills the banks
+        model.reco(model, v1, v2, w, negatives=negatives)
+    assert modes and set(modes) == {used}
+
+
+def test_an_unknown_mix_is_named():
+    with pytest.raises(ConfigError, match=r"reco.mix='blend' is unknown: choose one of \['auto', 'cutmix', 'mixup'\]"):
+        ReCoConfig(mix="blend")
+    with pytest.raises(ConfigError, match="the owner's mixing"):
+        ReCo({"bank_size": 16}, embedding_dim=8, owner=nn.Linear(2, 2), mix="blend")
+
+
 def test_online_teacher_scores_against_the_online_network():
     model = _simclr(teacher="online")
     assert model.reco.teacher is None

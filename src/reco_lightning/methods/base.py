@@ -163,6 +163,8 @@ class SSLMethod(L.LightningModule):
     base_momentum: float = 0.99
     #: ``constant`` or ``cosine`` (momentum raised to 1 over training); ReCo's own teacher follows it too
     momentum_schedule: str = "constant"
+    #: how ReCo's local term mixes the two strong views under ``reco.mix=auto``
+    reco_mix: str = "cutmix"
 
     def __init__(
         self,
@@ -207,12 +209,13 @@ class SSLMethod(L.LightningModule):
         last in ``__init__``, when the networks that ReCo's EMA teacher may copy exist.
 
         ``options`` go to :class:`~reco_lightning.reco.ReCo` (``teacher_modules``,
-        ``borrows_negatives``); the method's temperature and momentum schedule are added."""
+        ``borrows_negatives``); the method's temperature, momentum schedule and mixing are added."""
         # ReCo's own EMA teacher (reco.teacher=ema, or SimCLR's auto) copies what the online
         # embedding runs through: every trained child but the online probe
         options.setdefault("teacher_modules", trainable_children(self, lambda name: name == "classifier"))
         options.setdefault("temperature", self.temperature)
         options.setdefault("momentum_schedule", self.momentum_schedule)
+        options.setdefault("mix", self.reco_mix)
         return ReCo.from_settings(self.hparams.get("reco"), embedding_dim, self, **options)
 
     @property

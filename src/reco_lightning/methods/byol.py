@@ -21,7 +21,8 @@ class BYOL(SSLMethod):
 
     For ReCo the online embedding is the predictor's output and the target embedding the
     target projector's, the pair BYOL itself compares. BYOL has no temperature; ReCo's
-    local term uses ``temperature`` (0.2) and keeps its own queue of negatives.
+    local term uses ``temperature`` (0.2) and keeps its own queue of negatives, and mixes
+    with Mixup under ``reco.mix=auto`` (measured: docs/benchmarks.md, "Mixup for BYOL").
 
     Args:
         momentum: base EMA momentum of the target network, raised to 1 on a cosine.
@@ -31,6 +32,8 @@ class BYOL(SSLMethod):
         predictor_lr_scale: the predictor's learning rate over the others' (1 = BYOL's).
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
+
+    reco_mix = "mixup"
 
     def __init__(
         self,

@@ -36,7 +36,7 @@ from ..losses.relation import global_relation_loss, interpolation_target, local_
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
 from .config import ReCoConfig
-from .mixing import mix_views
+from .mixing import MIX_MODES, mix_views
 from .queue import FeatureQueue
 from .teacher import EMATeacher, trainable_children
 
@@ -126,6 +126,7 @@ class ReCo(nn.Module):
         borrows_negatives: the owner keeps a queue of teacher keys of its own (MoCo) and
             lends a snapshot of it to each call (``negatives=``), so ReCo keeps none.
         momentum_schedule: ``constant`` or ``cosine``, the owner's; ReCo's teacher follows it.
+        mix: the owner's choice of mixing (``cutmix`` or ``mixup``) for ``reco.mix=auto``.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class ReCo(nn.Module):
         teacher_modules: Sequence[str] | None = None,
         borrows_negatives: bool = False,
         momentum_schedule: str = "constant",
+        mix: str = "cutmix",
     ) -> None:
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
@@ -144,6 +146,9 @@ class ReCo(nn.Module):
             raise ConfigError("ReCo was built with reco.enabled=false: build no ReCo module to turn it off")
         self.config = checked
         self.tau_local = checked.tau_local if checked.tau_local is not None else temperature
+        self.mix = checked.mix if checked.mix != "auto" else mix
+        if self.mix not in MIX_MODES:
+            raise ConfigError(f"ReCo(mix={mix!r}): the owner's mixing must be one of {list(MIX_MODES)}")
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
         self.borrows_negatives = borrows_negatives and checked.negatives == "queue"
@@ -250,7 +255,7 @@ class ReCo(nn.Module):
         scored, exclude = self._local_negatives(k2, negatives, global_batch)
         lam = None
         if w_local > 0 and scored is not None:
-            mixed = mix_views(strong1, strong2, config.mix, config.alpha)
+            mixed = mix_views(strong1, strong2, self.mix, config.alpha)
             lam = mixed.lam
             target = interpolation_target(q1, k2[mixed.permutation], mixed.lam)
             mixed_embedding = F.normalize(owner.online_embedding(mixed.images), dim=1)
@@ -292,4 +297,4 @@ class ReCo(nn.Module):
         return (queued, None) if queued.shape[0] >= global_batch else (None, None)
 
     def extra_repr(self) -> str:
-        return f"teacher={self.teacher_kind}, negatives={self.config.negatives}, tau_local={self.tau_local}"
+        return f"teacher={self.teacher_kind}, negatives={self.config.negatives}, mix={self.mix}, tau_local={self.tau_local}"
