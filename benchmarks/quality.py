@@ -7,7 +7,7 @@
     python benchmarks/quality.py run --cells resolution           # SimCLR off/on at 32 px, 6 epochs
     python benchmarks/quality.py run --cells mixup                # BYOL + ReCo with CutMix, the grid's 2 seeds
     python benchmarks/quality.py run --cells mixup-moco           # MoCo + ReCo with Mixup, the grid's 2 seeds
-    python benchmarks/quality.py report                           # tables and docs/img/quality_*.png
+    python benchmarks/quality.py report --docs                    # tables, docs/img/quality_*.png, docs tables
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
 the CIFAR-10 image folder (``../shared/data/cifar10``: 25,000 training images, 10,000 test
@@ -32,7 +32,9 @@ thread each. Training happens in ``benchmark_runs/quality/`` (not committed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -403,6 +405,27 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
         print(f"wrote {out_dir / f'quality_{method}.png'}")
 
 
+#: generated blocks of docs/benchmarks.md: ``<!-- name -->`` ... ``<!-- /name -->``, and what fills each
+DOC_BLOCKS = {"quality-results": report_grid, "ablation-results": report_ablations,
+              "mixup-results": report_mixup, "resolution-results": report_resolution}
+
+
+def write_docs(results: dict[str, dict], doc: Path = ROOT / "docs" / "benchmarks.md") -> None:
+    """Refill the generated tables of ``doc`` from the result files."""
+    text = doc.read_text()
+    for name, report in DOC_BLOCKS.items():
+        start, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+        if start not in text:
+            continue
+        table = io.StringIO()
+        with contextlib.redirect_stdout(table):
+            report(results)
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: start + table.getvalue() + end, text,
+                      flags=re.S)
+    doc.write_text(text)
+    print(f"refilled the tables of {doc}")
+
+
 def command_report(args: argparse.Namespace) -> None:
     results = load_results(args.protocol)
     if not results:
@@ -419,6 +442,8 @@ def command_report(args: argparse.Namespace) -> None:
     report_ablations(results)
     if args.plots:
         plot_curves(results, ROOT / "docs" / "img")
+    if args.docs:
+        write_docs(results)
 
 
 def main() -> None:
@@ -432,6 +457,7 @@ def main() -> None:
     report = sub.add_parser("report", help="tables of the result files, and the curves")
     report.add_argument("--protocol", default="cpu16", choices=sorted(PROTOCOLS))
     report.add_argument("--no-plots", dest="plots", action="store_false")
+    report.add_argument("--docs", action="store_true", help="also refill the tables of docs/benchmarks.md")
     args = parser.parse_args()
     {"run": command_run, "report": command_report}[args.command](args)
 
