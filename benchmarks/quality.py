@@ -302,8 +302,8 @@ def report_grid(results: dict[str, dict]) -> None:
     print("| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | off, equal time |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in METHODS:
-        off = [r for r in results.values() if r["cell"].startswith(f"{method}-off-s")]
-        on = [r for r in results.values() if r["cell"].startswith(f"{method}-on-s")]
+        off = [r for name, r in results.items() if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-off-")]
+        on = [r for name, r in results.items() if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-on-")]
         if not off or not on:
             continue
         mean = lambda rs, key: statistics.mean(r[key] for r in rs)  # noqa: E731
@@ -380,8 +380,8 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     for method in METHODS:
-        runs = [r for r in results.values()
-                if r["cell"].startswith((f"{method}-on-s", f"{method}-off-s", f"{method}-on-cutmix-s"))]
+        runs = [r for name, r in results.items()
+                if name.startswith(method) and (GRID_CELL.fullmatch(name) or re.fullmatch(r"\w+-on-cutmix-s\d+", name))]
         if not runs:
             continue
         figure, axis = plt.subplots(figsize=(6, 4))
