@@ -5,8 +5,7 @@
     python benchmarks/quality.py run --cells equal-time           # ReCo off for as long as ReCo on took
     python benchmarks/quality.py run --cells baselines            # plain methods from lightly's parts
     python benchmarks/quality.py run --cells resolution           # SimCLR off/on at 32 px, 6 epochs
-    python benchmarks/quality.py run --cells mixup                # BYOL + ReCo with CutMix, the grid's 2 seeds
-    python benchmarks/quality.py run --cells mixup-moco           # MoCo + ReCo with Mixup, the grid's 2 seeds
+    python benchmarks/quality.py run --cells mixup                # BYOL and MoCo + ReCo with CutMix, the grid's 2 seeds
     python benchmarks/quality.py report --docs                    # tables, docs/img/quality_*.png, docs tables
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
@@ -120,18 +119,17 @@ def resolution_cells() -> list[Cell]:
     return [Cell(f"simclr-{'on' if reco else 'off'}-s0-32px", "simclr", reco, 0, overrides) for reco in (False, True)]
 
 
+#: methods whose ReCo mixes with Mixup under ``reco.mix=auto`` (the others: CutMix)
+MIXUP_METHODS = ("byol", "moco")
+
+
 def mixup_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
-    """BYOL + ReCo with CutMix on the grid's seeds and split, against the grid's BYOL cells,
-    which mix with Mixup (BYOL's ``reco.mix=auto`` since 2026-12-03). The two Mixup cells
-    ran as ``reco.mix=mixup`` before it became the default; their result files are the
-    grid's ``byol-on-s0``/``-s1`` and the CutMix cells are the grid's earlier ones."""
-    return [Cell(f"byol-on-cutmix-s{seed}", "byol", True, seed, ("reco.mix=cutmix",)) for seed in seeds]
-
-
-def moco_mixup_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
-    """MoCo + ReCo with Mixup on the grid's seeds and split: the ablation found it 1.16 kNN
-    points above CutMix on one seed, within MoCo's seed-to-seed spread (1.3)."""
-    return [Cell(f"moco-on-mixup-s{seed}", "moco", True, seed, ("reco.mix=mixup",)) for seed in seeds]
+    """ReCo with CutMix on the grid's seeds and split, for each method whose default became
+    Mixup (BYOL and MoCo, 2026-12-03), against the grid's cells of that method. The Mixup
+    cells ran as ``reco.mix=mixup`` before it became the default; their result files are the
+    grid's ``<method>-on-s0``/``-s1`` and the CutMix cells are the grid's earlier ones."""
+    return [Cell(f"{method}-on-cutmix-s{seed}", method, True, seed, ("reco.mix=cutmix",))
+            for method in MIXUP_METHODS for seed in seeds]
 
 
 def baseline_cells() -> list[Cell]:
@@ -249,8 +247,7 @@ def equal_time_cells() -> list[Cell]:
 
 def select(cells_arg: str, protocol: str) -> list[Cell]:
     cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(),
-             "baselines": baseline_cells(), "resolution": resolution_cells(), "mixup": mixup_cells(),
-             "mixup-moco": moco_mixup_cells()}
+             "baselines": baseline_cells(), "resolution": resolution_cells(), "mixup": mixup_cells()}
     chosen: list[Cell] = []
     by_name = {c.name: c for group in cells.values() for c in group}
     for part in cells_arg.split(","):
@@ -344,16 +341,17 @@ def report_resolution(results: dict[str, dict]) -> None:
 
 
 def report_mixup(results: dict[str, dict]) -> None:
-    """BYOL + ReCo with Mixup (the grid's cells, BYOL's default) against CutMix and ReCo off."""
-    rows = [(seed, results.get(f"byol-off-s{seed}"), results.get(f"byol-on-cutmix-s{seed}"), results.get(f"byol-on-s{seed}"))
-            for seed in (0, 1)]
-    rows = [row for row in rows if all(row[1:])]
+    """ReCo with Mixup (the grid's cells, the default) against CutMix and ReCo off, for
+    the methods whose default is Mixup."""
+    rows = [(method, seed, results.get(f"{method}-off-s{seed}"), results.get(f"{method}-on-cutmix-s{seed}"),
+             results.get(f"{method}-on-s{seed}")) for method in MIXUP_METHODS for seed in (0, 1)]
+    rows = [row for row in rows if all(row[2:])]
     if not rows:
         return
-    print("| BYOL, seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for seed, off, cutmix, mixup in rows:
-        print(f"| {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
+    print("| method | seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for method, seed, off, cutmix, mixup in rows:
+        print(f"| {method} | {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
               f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | {100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
               f"{pct(cutmix['final_linear'])} | {pct(mixup['final_linear'])} |")
 

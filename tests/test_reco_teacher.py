@@ -371,8 +371,8 @@ def _method(cls, reco: dict):
 
 
 @pytest.mark.parametrize("cls, setting, used", [
-    (BYOL, "auto", "mixup"), (MoCo, "auto", "cutmix"), (SimCLR, "auto", "cutmix"),
-    (BYOL, "cutmix", "cutmix"), (MoCo, "mixup", "mixup"),
+    (BYOL, "auto", "mixup"), (MoCo, "auto", "mixup"), (SimCLR, "auto", "cutmix"),
+    (BYOL, "cutmix", "cutmix"), (MoCo, "cutmix", "cutmix"), (SimCLR, "mixup", "mixup"),
 ])
 def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, used, monkeypatch):
     model = _method(cls, {"mix": setting, "warmup_epochs": 0})

@@ -22,7 +22,7 @@ class BYOL(SSLMethod):
     For ReCo the online embedding is the predictor's output and the target embedding the
     target projector's, the pair BYOL itself compares. BYOL has no temperature; ReCo's
     local term uses ``temperature`` (0.2) and keeps its own queue of negatives, and mixes
-    with Mixup under ``reco.mix=auto`` (measured: docs/benchmarks.md, "Mixup for BYOL").
+    with Mixup under ``reco.mix=auto`` (measured: docs/benchmarks.md, "Mixup for BYOL and MoCo").
 
     Args:
         momentum: base EMA momentum of the target network, raised to 1 on a cosine.

@@ -24,6 +24,8 @@ class MoCo(SSLMethod):
     as it was before the step, and the keys of both views are enqueued once, so a batch
     never meets its own keys as negatives. ReCo's local term borrows this queue for its
     negatives: the step lends ReCo the queue's written rows from before its own keys.
+    ReCo's local term mixes with Mixup under ``reco.mix=auto`` (measured:
+    docs/benchmarks.md, "Mixup for BYOL and MoCo").
 
     Args:
         temperature: InfoNCE temperature (0.2 in MoCo v2).
@@ -38,6 +40,8 @@ class MoCo(SSLMethod):
             then fill the queue and the loss sits at log(queue_size + 1).
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
+
+    reco_mix = "mixup"
 
     def __init__(
         self,
