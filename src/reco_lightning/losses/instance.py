@@ -38,13 +38,9 @@ def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     other view of the same image. With one process ``N == n``.
     """
     n = z1.shape[0]
-    all_z1 = gather_with_grad(z1).float()
-    all_z2 = gather_with_grad(z2).float()
-    global_n = all_z1.shape[0]
-    queries = torch.cat([z1, z2]).float()
-    keys = torch.cat([all_z1, all_z2])
-    logits = queries @ keys.T / temperature
-
+    keys = torch.cat([gather_with_grad(z1), gather_with_grad(z2)]).float()
+    global_n = keys.shape[0] // 2
+    logits = torch.cat([z1, z2]).float() @ keys.T / temperature
     local = torch.arange(n, device=z1.device) + rank() * n
     self_index = torch.cat([local, local + global_n])
     positive_index = torch.cat([local + global_n, local])

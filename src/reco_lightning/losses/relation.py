@@ -30,11 +30,8 @@ def global_relation_loss(
 
 
 def interpolation_target(q1: Tensor, k2_permuted: Tensor, lam: float) -> Tensor:
-    """Where a pixel mix of images ``i`` and ``pi(i)`` should embed: the normalised feature mix.
-
-    ``normalize(lam * q1 + (1 - lam) * k2[pi])``, detached: it is a target, not a path
-    for gradients into the online branch.
-    """
+    """Where a pixel mix of images ``i`` and ``pi(i)`` should embed, detached (a target, not a
+    path for gradients): ``normalize(lam * q1 + (1 - lam) * k2[pi])``."""
     mixed = lam * q1.detach().float() + (1.0 - lam) * k2_permuted.detach().float()
     return F.normalize(mixed, dim=1)
 
@@ -44,9 +41,8 @@ def local_interpolation_loss(
 ) -> Tensor:
     """InfoNCE of the mixed image's embedding against its interpolation target and negatives.
 
-    ``cross_entropy([z . t, z . N^T] / tau, 0)``; the target and the negatives are
-    detached, so only ``mixed`` (the online embedding of the mixed image) gets gradient.
-    Computed in float32.
+    ``cross_entropy([z . t, z . N^T] / tau, 0)`` in float32; the target and the negatives
+    are detached, so only ``mixed`` gets gradient.
 
     Args:
         mixed: ``(B, D)`` online embeddings of the mixed images.

@@ -20,20 +20,18 @@ class BYOL(SSLMethod):
     """BYOL with the cosine schedule of the target momentum (``momentum`` -> 1).
 
     For ReCo the online embedding is the predictor's output and the target embedding the
-    target projector's, the pair BYOL itself compares. BYOL has no temperature; ReCo's
-    local term uses ``temperature`` (0.2) and keeps its own queue of negatives, and mixes
-    with Mixup under ``reco.mix=auto`` (measured: docs/benchmarks.md, "Mixup for BYOL and MoCo").
+    target projector's, the pair BYOL itself compares; ReCo's local term keeps its own queue.
 
     Args:
-        momentum: base EMA momentum of the target network, raised to 1 on a cosine.
+        momentum: base EMA momentum of the target network.
         proj_hidden_dim, proj_output_dim: the projector MLP.
         pred_hidden_dim: the predictor MLP's hidden width (its output is proj_output_dim).
-        temperature: used only by ReCo's local term.
+        temperature: used only by ReCo's local term (BYOL has none).
         predictor_lr_scale: the predictor's learning rate over the others' (1 = BYOL's).
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
 
-    reco_mix = "mixup"
+    reco_mix = "mixup"  # measured: docs/benchmarks.md, "Mixup for BYOL and MoCo"
 
     def __init__(
         self,
@@ -58,8 +56,7 @@ class BYOL(SSLMethod):
         self.reco = self.make_reco(proj_output_dim)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The base class's groups, with the predictor's in groups of their own when its
-        learning rate is scaled."""
+        """The base class's groups, the predictor's apart when its learning rate is scaled."""
         if self.predictor_lr_scale == 1.0:
             return super().parameter_groups()
         rest = nn.ModuleDict({n: m for n, m in self.named_children() if n not in ("classifier", "predictor")})

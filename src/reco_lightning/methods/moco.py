@@ -19,19 +19,15 @@ from ..losses.instance import info_nce_loss
 class MoCo(SSLMethod):
     """MoCo v2 with an optional symmetric loss.
 
-    Each step scores against a clone of the queue and then enqueues its keys, in the same
-    call (no hook). With ``symmetric=True`` both directions are scored against the queue
-    as it was before the step, and the keys of both views are enqueued once, so a batch
-    never meets its own keys as negatives. ReCo's local term borrows this queue for its
-    negatives: the step lends ReCo the queue's written rows from before its own keys.
-    ReCo's local term mixes with Mixup under ``reco.mix=auto`` (measured:
-    docs/benchmarks.md, "Mixup for BYOL and MoCo").
+    Each step scores against a clone of the queue, then enqueues its keys. With
+    ``symmetric=True`` both directions score against the queue as it was before the step,
+    so a batch never meets its own keys as negatives. ReCo's local term borrows the queue's
+    rows written before this step as its negatives.
 
     Args:
         temperature: InfoNCE temperature (0.2 in MoCo v2).
         queue_size: number of keys in the queue; at least one global batch of keys.
-        momentum: EMA momentum of the key encoder.
-        momentum_schedule: ``cosine`` raises the momentum to 1 over training; ``constant``.
+        momentum, momentum_schedule: EMA momentum of the key encoder; ``constant`` or ``cosine`` (to 1).
         symmetric: score both (v1 -> v2) and (v2 -> v1); the loss is their mean.
         proj_hidden_dim, proj_output_dim: the projector MLP.
         proj_output_bn: BatchNorm (no affine) on the projector's output, as in MoCo v3.
@@ -41,7 +37,7 @@ class MoCo(SSLMethod):
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
 
-    reco_mix = "mixup"
+    reco_mix = "mixup"  # measured: docs/benchmarks.md, "Mixup for BYOL and MoCo"
 
     def __init__(
         self,

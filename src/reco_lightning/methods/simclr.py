@@ -17,11 +17,9 @@ from ..losses.instance import nt_xent_loss
 class SimCLR(SSLMethod):
     """SimCLR; the negatives of the whole global batch are gathered with gradients.
 
-    SimCLR has no target network, so ReCo keeps an EMA copy of the backbone and projector
-    as its teacher (``reco.teacher=auto``; ``reco.teacher_momentum``): the weak view, the
-    second strong view's ``k2`` and the local term's negatives all come from it.
-    ``reco.teacher=online`` scores against the online network itself instead (an ablation:
-    it cost 21 kNN points on the CIFAR-10 folder, RECO.md).
+    With no target network, ReCo keeps an EMA copy of backbone and projector as its teacher
+    (``reco.teacher=auto``): the weak view, ``k2`` and the local term's negatives come from
+    it. ``reco.teacher=online`` is an ablation that fails (docs/benchmarks.md).
 
     Args:
         temperature: NT-Xent temperature.

@@ -15,13 +15,11 @@ from .base import MethodOutput, SSLMethod
 
 class SimSiam(SSLMethod):
     """SimSiam: each view's prediction regresses the other view's projection, which gets no
-    gradient. The loss is BYOL's ``2 - 2 cos`` without a momentum target, i.e. SimSiam's
-    negative cosine shifted by a constant.
+    gradient; the loss is BYOL's ``2 - 2 cos``, SimSiam's negative cosine shifted by a constant.
 
-    It shows what a new method needs to take ReCo: an online embedding (the prediction,
-    which SimSiam trains) and ``self.reco = self.make_reco(dim)``. With no target network,
-    ReCo keeps an EMA copy of backbone, projector and predictor as its teacher
-    (``reco.teacher=auto``) and a queue of negatives of its own.
+    It shows what a new method needs to take ReCo: an online embedding and
+    ``self.reco = self.make_reco(dim)``. With no target network, ReCo keeps an EMA copy of
+    backbone, projector and predictor as its teacher and a queue of negatives of its own.
 
     Args:
         proj_hidden_dim, proj_output_dim: the projector MLP (3 layers, BatchNorm on the output).

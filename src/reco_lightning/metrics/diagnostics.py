@@ -1,37 +1,28 @@
 """Relation diagnostics: how a feature space arranges a labelled set.
 
 ReCo's claim is about structure: plain instance discrimination pushes *every* other image
-away, same-class ones included; the relation terms keep graded similarity. These measures
-make that visible on any labelled evaluation set (features are L2-normalised first):
-
-* **neighbour purity @k**: the share of each sample's k nearest neighbours (cosine, itself
-  excluded) that carry its label, averaged. 1 = classes form clean neighbourhoods.
-* **same-class / different-class cosine** and their **gap**: the mean cosine similarity of
-  pairs of distinct samples with the same label and with different labels. Instance
-  discrimination drives both towards 0; a larger gap means classes stay together.
-* **alignment** (Wang and Isola, 2020): mean squared distance between the embeddings of
-  two augmented views of the same image (lower = more invariant).
-* **uniformity** (Wang and Isola, 2020): ``log E exp(-2 |x - y|^2)`` over pairs of distinct
-  samples (lower = spread more evenly over the sphere; -4 is the floor for well-spread
-  high-dimensional features).
-
-All work in chunks, so a 10k x 10k similarity matrix never exists at once.
+away, same-class ones included, while the relation terms keep graded similarity. These
+measures (on L2-normalised features, in chunks so that no n x n matrix exists at once) make
+that visible: neighbour purity, same- and different-class cosines (instance discrimination
+drives both towards 0; a larger gap means classes stay together), and Wang and Isola's
+(2020) alignment and uniformity.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-PURITY_KS = (10, 50)
-
 
 @torch.no_grad()
 def neighbour_purity(features: Tensor, labels: Tensor, k: int, chunk_size: int = 1024) -> float:
-    """Mean share of each sample's ``k`` nearest neighbours (itself excluded) with its label."""
+    """Mean share of each sample's ``k`` nearest neighbours (cosine, itself excluded) with its
+    label: 1 = classes form clean neighbourhoods."""
     features = F.normalize(features.float(), dim=1)
     n = features.shape[0]
     k = min(k, n - 1)
@@ -57,11 +48,9 @@ def class_cosines(features: Tensor, labels: Tensor, chunk_size: int = 1024) -> t
     for start in range(0, n, chunk_size):
         similarity = features[start : start + chunk_size] @ features.T
         same = labels[start : start + chunk_size, None] == labels[None, :]
+        diff = ~same
         rows = torch.arange(similarity.shape[0], device=features.device)
-        same[rows, rows + start] = False
-        not_self = torch.ones_like(same)
-        not_self[rows, rows + start] = False
-        diff = ~same & not_self
+        same[rows, rows + start] = diff[rows, rows + start] = False  # pairs of distinct samples
         same_sum += similarity[same].sum().item()
         diff_sum += similarity[diff].sum().item()
         same_count += int(same.sum())
@@ -73,14 +62,16 @@ def class_cosines(features: Tensor, labels: Tensor, chunk_size: int = 1024) -> t
 
 @torch.no_grad()
 def alignment(view1: Tensor, view2: Tensor, alpha: float = 2.0) -> float:
-    """``E |f(x1) - f(x2)|^alpha`` over positive pairs (rows of ``view1`` and ``view2``)."""
+    """``E |f(x1) - f(x2)|^alpha`` over positive pairs (rows of ``view1`` and ``view2``); lower
+    = more invariant."""
     view1, view2 = F.normalize(view1.float(), dim=1), F.normalize(view2.float(), dim=1)
     return (view1 - view2).norm(dim=1).pow(alpha).mean().item()
 
 
 @torch.no_grad()
 def uniformity(features: Tensor, t: float = 2.0, chunk_size: int = 1024) -> float:
-    """``log E exp(-t |x - y|^2)`` over pairs of distinct samples."""
+    """``log E exp(-t |x - y|^2)`` over pairs of distinct samples; lower = spread more evenly
+    over the sphere (-4 is the floor for well-spread high-dimensional features)."""
     features = F.normalize(features.float(), dim=1)
     n = features.shape[0]
     if n < 2:
@@ -96,23 +87,23 @@ def uniformity(features: Tensor, t: float = 2.0, chunk_size: int = 1024) -> floa
     return (torch.logsumexp(torch.stack(log_terms), dim=0) - math.log(n * (n - 1))).item()
 
 
+@torch.no_grad()
+def view_pair_features(network: Callable[[Tensor], Tensor], batches: Iterable[Any],
+                       device: torch.device) -> tuple[Tensor, Tensor]:
+    """``network``'s float features of the two strong views of each batch
+    (``{"strong": [v1, v2]}``): the input of :func:`alignment`."""
+    pairs = [[network(view.to(device)).float() for view in batch["strong"]] for batch in batches]
+    return torch.cat([first for first, _ in pairs]), torch.cat([second for _, second in pairs])
+
+
 def relation_diagnostics(
-    features: Tensor,
-    labels: Tensor,
-    view1: Tensor | None = None,
-    view2: Tensor | None = None,
+    features: Tensor, labels: Tensor, view1: Tensor | None = None, view2: Tensor | None = None
 ) -> dict[str, float]:
     """All diagnostics of one labelled set; alignment only when two views are given."""
     same, diff = class_cosines(features, labels)
-    result = {f"purity@{k}": neighbour_purity(features, labels, k) for k in PURITY_KS}
-    result.update(
-        {
-            "cos_same_class": same,
-            "cos_diff_class": diff,
-            "cos_gap": same - diff,
-            "uniformity": uniformity(features),
-        }
-    )
+    result = {f"purity@{k}": neighbour_purity(features, labels, k) for k in (10, 50)}
+    result.update(cos_same_class=same, cos_diff_class=diff, cos_gap=same - diff)
+    result["uniformity"] = uniformity(features)
     if view1 is not None and view2 is not None:
         result["alignment"] = alignment(view1, view2)
     return result

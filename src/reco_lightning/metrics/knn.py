@@ -1,7 +1,5 @@
-"""Weighted k-nearest-neighbour classification on frozen features (InstDisc, Wu et al. 2018).
-
-The standard monitor of SSL training: it needs no training of its own, and it measures
-exactly what contrastive learning shapes, the neighbourhoods of the feature space.
+"""Weighted k-nearest-neighbour classification on frozen features (InstDisc, Wu et al. 2018),
+the standard monitor of SSL training: it measures the neighbourhoods contrastive learning shapes.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ def weighted_knn_scores(
     """Class votes ``(n_test, num_classes)`` of each test feature's ``k`` nearest neighbours.
 
     Features are L2-normalised; each neighbour votes for its class with weight
-    ``exp(cos / temperature)``. Test features are processed in chunks so that a 10k x 50k
-    similarity matrix never has to exist at once.
+    ``exp(cos / temperature)``. Test features go in chunks, so no full similarity matrix exists.
     """
     train_features = F.normalize(train_features.float(), dim=1)
     test_features = F.normalize(test_features.float(), dim=1)
@@ -57,19 +54,17 @@ def knn_accuracy(
     temperature: float = 0.1,
 ) -> float:
     """Top-1 accuracy (0..1) of the class with most votes (:func:`weighted_knn_scores`)."""
-    predicted = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature).argmax(1)
-    return (predicted == test_labels).float().mean().item()
+    scores = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
+    return (scores.argmax(1) == test_labels).float().mean().item()
 
 
 class KNNMonitor(Metric):
-    """The weighted kNN accuracy of validation features against a labelled feature bank, as
-    a torchmetrics ``Metric``: features gathered from every rank in ``compute``.
+    """The weighted kNN accuracy of validation features against a labelled feature bank.
 
     ``update(features, labels, bank=True)`` adds to the bank (the training images),
-    ``bank=False`` to the queries (the test images). ``compute`` gathers both across ranks
-    (torchmetrics pads uneven shares, gathers and trims, so every image counts once) and
-    returns the accuracy with the gathered query features, which the relation diagnostics
-    reuse. Its states are not saved in checkpoints.
+    ``bank=False`` to the queries (the test images). ``compute`` gathers both from every rank
+    (torchmetrics pads uneven shares and trims, so every image counts once) and returns the
+    accuracy with the gathered queries, which the relation diagnostics reuse. Not checkpointed.
 
     >>> monitor = KNNMonitor(num_classes=2, k=1)
     >>> monitor.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), bank=True)

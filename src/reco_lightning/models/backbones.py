@@ -1,11 +1,8 @@
 """Backbones: torchvision ResNets, optionally narrower, with the small-image stem.
 
 CIFAR-size images (64 px or less) lose most of their resolution in ResNet's 7x7 stride-2
-stem and max-pool, so for them the stem is replaced by a 3x3 stride-1 convolution and the
-max-pool is dropped, as is usual in SSL work on CIFAR. ``width`` scales every stage's
-channels; 64 is torchvision's ResNet, smaller widths train many times faster on a CPU and
-are what the quick default runs use. ``backbone.name=timm/<model>`` builds any timm model
-instead (the ``timm`` extra).
+stem and max-pool, so ``small_stem`` swaps them for a 3x3 stride-1 convolution, as is usual
+in SSL work on CIFAR. Widths below 64 train many times faster on a CPU (the quick defaults).
 """
 
 from __future__ import annotations
@@ -27,12 +24,8 @@ RESNET_LAYOUTS: dict[str, tuple[type[nn.Module], list[int]]] = {
 
 
 class _WidthResNet(ResNet):
-    """torchvision's ResNet whose stage widths are ``width * (1, 2, 4, 8)``.
-
-    torchvision fixes the widths at 64-512; building the stages through its own
-    ``_make_layer`` keeps the blocks, initialisation and state-dict names identical to
-    torchvision's when ``width == 64``.
-    """
+    """torchvision's ResNet with stage widths ``width * (1, 2, 4, 8)``, built by its own
+    ``_make_layer``: blocks, initialisation and state-dict names are torchvision's."""
 
     def __init__(self, block: type[nn.Module], layers: list[int], width: int) -> None:
         super().__init__(block, layers)  # type: ignore[arg-type]
@@ -53,12 +46,10 @@ class _WidthResNet(ResNet):
 def zero_init_residuals(net: nn.Module) -> None:
     """Set the scale of each residual block's last BatchNorm to zero (Goyal et al., 2017).
 
-    Every block then starts as its shortcut, so the untrained network is shallow and
-    passes the image's structure through; depth is switched on by training. SimSiam's
-    reference code starts this way. On the bundled digits it raised the final kNN accuracy
-    of all three methods, and it is what lets BYOL learn on that short schedule
-    (docs/benchmarks.md, "The main job"). torchvision's own
-    ``zero_init_residual`` misses the stages that a narrower width rebuilds, hence this.
+    Every block then starts as its shortcut, so the untrained network is shallow and passes
+    the image's structure through, as SimSiam's reference code starts; it is what lets BYOL
+    learn on the bundled digits' short schedule (docs/benchmarks.md, "The main job").
+    torchvision's own ``zero_init_residual`` misses the stages that a narrower width rebuilds.
     """
     for module in net.modules():
         if isinstance(module, Bottleneck):
@@ -72,11 +63,10 @@ def build_backbone(
 ) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; the backbone maps images to pooled features.
 
-    Weights are always random (``weights=None``): self-supervised training starts from
-    scratch, and this package never downloads anything. ``zero_init_residual`` starts
-    every residual block as its shortcut (:func:`zero_init_residuals`). ``timm/<model>``
-    builds a timm model instead (:func:`timm_backbone`; ``width``, ``small_stem`` and
-    ``zero_init_residual`` then do not apply).
+    Weights are always random: self-supervised training starts from scratch, and this
+    package never downloads anything. ``width`` scales every stage (64 = torchvision's).
+    ``timm/<model>`` builds a timm model instead (:func:`timm_backbone`; the other
+    arguments then do not apply).
     """
     if name.startswith(TIMM_PREFIX):
         return timm_backbone(name.removeprefix(TIMM_PREFIX))
@@ -119,6 +109,5 @@ def timm_backbone(model: str) -> tuple[nn.Module, int]:
         hint = f"did you mean {TIMM_PREFIX}{close[0]}?" if close else "timm.list_models() lists them"
         raise ConfigError(f"backbone.name={TIMM_PREFIX}{model}: timm has no model {model!r}: {hint}")
     net = timm.create_model(model, pretrained=False, num_classes=0)
-    # what forward returns: a pre-logits head (MobileNetV3's conv_head) makes it wider
-    # than the trunk's num_features
+    # forward's width: a pre-logits head (MobileNetV3's conv_head) exceeds the trunk's num_features
     return net, int(getattr(net, "head_hidden_size", None) or net.num_features)

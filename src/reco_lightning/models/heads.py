@@ -12,9 +12,8 @@ def mlp_head(
 
     BatchNorm in the hidden layers follows SimCLR v2, BYOL and solo-learn's MoCo v2+; it
     is what makes BYOL train at all without negatives. ``output_bn`` adds a BatchNorm
-    without affine parameters after the output layer (as MoCo v3 does): it centres the
-    embeddings over the batch, which removes the shortcut of mapping every image to one
-    shared direction that MoCo's queue otherwise rewards at the start of training.
+    without affine parameters after the output layer (as MoCo v3 does), which centres the
+    embeddings over the batch (why MoCo needs it: :class:`~reco_lightning.methods.MoCo`).
     """
     if num_layers < 1:
         raise ValueError(f"an MLP head needs at least one layer, got num_layers={num_layers}")
@@ -23,8 +22,7 @@ def mlp_head(
     for _ in range(num_layers - 1):
         layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=not output_bn))
     if output_bn:
-        layers += [nn.Linear(dim, out_dim, bias=False), nn.BatchNorm1d(out_dim, affine=False)]
-    else:
-        layers.append(nn.Linear(dim, out_dim))
+        layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)

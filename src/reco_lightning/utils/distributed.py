@@ -1,8 +1,4 @@
-"""Gathering tensors from every rank, with and without gradients.
-
-With one process both functions return their input unchanged, so the same code runs on a
-laptop and on many GPUs.
-"""
+"""Ranks, and gathering tensors from every rank (with one process: the input unchanged)."""
 
 from __future__ import annotations
 
@@ -37,13 +33,10 @@ def gather_without_grad(tensor: Tensor) -> Tensor:
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, letting gradients flow back.
 
-    Each rank's loss depends on the embeddings of all ranks, so the gradient for rank r's
-    embeddings must be the *sum* over ranks of d(loss_j)/d(z_r); returning only the local
-    slice of the local gradient (a bug other SSL libraries have shipped) silently drops the
-    other ranks' terms. PyTorch's differentiable ``all_gather`` (what Lightning's
-    ``all_gather(sync_grads=True)`` runs) sums them with a reduce-scatter; the two-process
-    test in ``tests/test_distributed.py`` checks the gradients against one process on the
-    global batch. Assumes every rank holds the same number of rows (``drop_last=True``).
+    The gradient for rank r's embeddings must be the *sum* over ranks of d(loss_j)/d(z_r);
+    returning only the local slice of the local gradient (a bug other SSL libraries have
+    shipped) drops the other ranks' terms. PyTorch's differentiable ``all_gather`` sums them
+    (``tests/test_distributed.py`` checks it). Assumes equal rows on every rank (``drop_last``).
     """
     if world_size() == 1:
         return tensor

@@ -42,21 +42,17 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
 
 def scheduled_momentum(base: float, schedule: str, step: int, total_steps: int) -> float:
     """The momentum at ``step``: ``base`` for ``constant``, :func:`cosine_momentum` for ``cosine``."""
-    if schedule == "cosine":
-        return cosine_momentum(base, step, total_steps)
-    return base
+    return cosine_momentum(base, step, total_steps) if schedule == "cosine" else base
 
 
 class OncePerOptimizerStep(nn.Module):
     """Says yes once per optimizer step, so an EMA moves once per step, not per micro-batch.
 
-    Lightning's ``on_train_batch_end`` fires after every micro-batch; with
-    ``trainer.accumulate_grad_batches=N`` only every N-th follows an optimizer step, and
-    ``global_step`` counts optimizer steps. :meth:`due` answers yes when ``global_step`` has
-    moved past the last step it answered yes for. That step is saved in checkpoints (as
-    the module's extra state), so a run resumed between micro-batches does not update twice.
-    Without a Trainer (``step=None``, a benchmark driving the module by hand) every call is
-    a step.
+    Lightning's ``on_train_batch_end`` fires after every micro-batch, but with
+    ``accumulate_grad_batches=N`` only every N-th is followed by an optimizer step (what
+    ``global_step`` counts). :meth:`due` answers yes when ``global_step`` has moved past the
+    last step it said yes for; that step is saved in checkpoints (extra state), so a run
+    resumed between micro-batches does not update twice. ``step=None`` (no Trainer) is a step.
 
     >>> gate = OncePerOptimizerStep()
     >>> [gate.due(step) for step in (0, 1, 1, 2)]

@@ -18,13 +18,10 @@ class LARS(torch.optim.Optimizer):
     groups with ``lars_exclude=True`` (biases and norm layers, as in SimCLR and BYOL) get
     plain SGD with momentum.
 
-    ``foreach=True`` updates each group with a handful of multi-tensor ``torch._foreach_*``
-    calls instead of a Python loop of small kernels per parameter: a ResNet-18 with its
-    heads has about 70 tensors, so on a GPU the loop's kernel launches are what the
-    optimizer step costs. ``foreach=None`` (the default) does what torch's own optimizers
-    do: foreach when the parameters are on a GPU, the loop otherwise (on a CPU the loop
-    measured as fast or faster, ``benchmarks/fast_paths.py optimizer``). Both paths compute
-    the same update (``tests/test_optim.py`` checks it).
+    ``foreach=True`` updates each group with a few multi-tensor ``torch._foreach_*`` calls
+    instead of a Python loop of small kernels per parameter (on a GPU the launches are what
+    the step costs); ``foreach=None`` picks it on a GPU and the loop on a CPU, as torch's own
+    optimizers do (``benchmarks/fast_paths.py optimizer``). Both compute the same update.
     """
 
     def __init__(
@@ -51,26 +48,17 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             foreach = self.foreach if self.foreach is not None else params[0].device.type != "cpu"
-            if foreach:
-                self._step_group_foreach(group, params)
-            else:
-                self._step_group_loop(group, params)
+            (self._step_group_foreach if foreach else self._step_group_loop)(group, params)
         return loss
 
     def _step_group_loop(self, group: dict, params: list[torch.Tensor]) -> None:
         for param in params:
             grad = param.grad
-            if group["weight_decay"] and not group["lars_exclude"]:
-                grad = grad.add(param, alpha=group["weight_decay"])
             if not group["lars_exclude"]:
-                param_norm = torch.linalg.vector_norm(param)
-                grad_norm = torch.linalg.vector_norm(grad)
-                trust = torch.where(
-                    (param_norm > 0) & (grad_norm > 0),
-                    group["eta"] * param_norm / grad_norm,
-                    torch.ones_like(param_norm),
-                )
-                grad = grad.mul(trust)
+                if group["weight_decay"]:
+                    grad = grad.add(param, alpha=group["weight_decay"])
+                param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+                grad = grad.mul(_trust(param_norm, grad_norm, group["eta"]))
             state = self.state[param]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = grad.clone()
@@ -85,12 +73,7 @@ class LARS(torch.optim.Optimizer):
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             param_norms = torch.stack(torch._foreach_norm(params))
             grad_norms = torch.stack(torch._foreach_norm(grads))
-            trust = torch.where(
-                (param_norms > 0) & (grad_norms > 0),
-                group["eta"] * param_norms / grad_norms,
-                torch.ones_like(param_norms),
-            )
-            grads = torch._foreach_mul(grads, list(trust.unbind()))
+            grads = torch._foreach_mul(grads, list(_trust(param_norms, grad_norms, group["eta"]).unbind()))
         buffers, buffered_grads = [], []
         for param, grad in zip(params, grads):
             state = self.state[param]
@@ -103,6 +86,12 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, buffered_grads)
         torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
+
+
+def _trust(param_norm: torch.Tensor, grad_norm: torch.Tensor, eta: float) -> torch.Tensor:
+    """LARS's trust ratio ``eta * ||w|| / ||g||``, or 1 where either norm is zero."""
+    both = (param_norm > 0) & (grad_norm > 0)
+    return torch.where(both, eta * param_norm / grad_norm, torch.ones_like(param_norm))
 
 
 def split_decay_groups(module: nn.Module) -> list[dict]:
@@ -119,30 +108,21 @@ OPTIMIZER_KERNELS = ("auto", "loop", "foreach", "fused")
 
 
 def build_optimizer(
-    name: str,
-    groups: list[dict],
-    lr: float,
-    weight_decay: float,
-    momentum: float = 0.9,
-    kernel: str = "auto",
+    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9, kernel: str = "auto"
 ) -> torch.optim.Optimizer:
     """``sgd`` or ``lars`` over ``groups`` (see :func:`split_decay_groups`).
 
-    ``kernel`` picks how the update runs: ``loop`` (one small kernel per tensor),
-    ``foreach`` (multi-tensor kernels), ``fused`` (one fused kernel per group; SGD only)
-    or ``auto`` (torch's own choice: ``foreach`` on a GPU, ``loop`` on a CPU).
-    ``benchmarks/fast_paths.py`` measures them.
+    ``kernel``: ``loop`` (one small kernel per tensor), ``foreach`` (multi-tensor kernels),
+    ``fused`` (one kernel per group; SGD only) or ``auto`` (``foreach`` on a GPU, else ``loop``).
     """
     positive("optimizer.lr", lr)
     check_optimizer(name, kernel)
-    if name == "sgd":
-        clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-        options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
-        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
     if name == "lars":
         foreach = {"auto": None, "loop": False, "foreach": True}[kernel]
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
-    raise ConfigError(f"optimizer.name={name!r} is unknown: choose 'sgd' or 'lars'")
+    clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+    options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
+    return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
 
 
 def check_optimizer(name: str, kernel: str = "auto") -> None:

@@ -1,9 +1,7 @@
 """Capture and restore every random number generator a training step draws from.
 
-Saved in checkpoints so that a run resumed mid-epoch continues with the same random draws
-(ReCo's mixing ratios and permutations) as a run that was never interrupted. The data
-augmentations do not need it: they are seeded per image (see
-:class:`~reco_lightning.data.samplers.TrainSampler`).
+Saved in checkpoints so that a run resumed mid-epoch draws the same ReCo mixing ratios and
+permutations as an uninterrupted one (augmentations are seeded per image anyway).
 """
 
 from __future__ import annotations
