@@ -1,29 +1,7 @@
 """``python -m reco_lightning.export checkpoint=PATH format=...``: the trained backbone out
-of the training wrapper, in a file that loads without this package.
-
-A training checkpoint holds the whole LightningModule (projectors, queues, ReCo's banks,
-optimizer state) with the backbone's weights under ``backbone.``. Export keeps only those
-weights, without the prefix, in one of four formats:
-
-* ``torchvision``: a plain ``state_dict`` (``torch.save``, ``.pth``; tensors only, so it
-  loads with ``torch.load(..., weights_only=True)``). A backbone of width 64 *is*
-  torchvision's ResNet with ``fc`` replaced by ``Identity``, and loads ``strict`` into
-  ``torchvision.models.resnet18()`` after ``m.fc = torch.nn.Identity()`` (after replacing
-  ``conv1`` and ``maxpool`` too where it has the small-image stem). No torchvision
-  constructor builds the narrower widths: those load into
-  :func:`reco_lightning.models.build_backbone`, or use ``format=torchscript``.
-* ``timm``: for a backbone built by timm (``backbone.name=timm/<model>``), the same plain
-  ``state_dict``, which loads ``strict`` into ``timm.create_model(model, num_classes=0)``.
-* ``safetensors``: the same tensors via ``safetensors.torch.save_file``, no pickle (needs
-  ``pip install "reco_lightning[export]"``).
-* ``torchscript``: ``torch.jit.trace`` of the backbone in eval mode at the run's image size
-  (``.pt``), which ``torch.jit.load`` runs with no model code at all.
-
-Every format writes ``backbone.json`` beside the weights: architecture, stem, width,
-feature dimension, input size, normalisation, method, ReCo on/off, epoch and global step,
-kNN accuracy, and the one line that loads the file (under ``exports``, that of every
-format exported into the same folder from the same checkpoint). The default place is the run's
-``export/`` folder (``RUN/export/backbone.pth``).
+of the training wrapper (the checkpoint's ``backbone.*`` weights, prefix stripped) in a file
+that loads without this package, with ``backbone.json`` beside it. Formats, the description
+and how each loads: README.md, "Export the backbone".
 
 >>> from reco_lightning.export import export_backbone
 >>> info = export_backbone("outputs/DATE/TIME", "torchvision")  # doctest: +SKIP
@@ -104,13 +82,9 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     width = int(hparams.get("backbone_width", 64))
     small = bool(hparams.get("small_stem", False))
     block, _ = RESNET_LAYOUTS[name]
-    return {
-        "architecture": name,
-        "stem": _SMALL_STEM if small else _TORCHVISION_STEM,
-        "width": width,
-        "feature_dim": width * 8 * block.expansion,  # type: ignore[attr-defined]
-        "plain_torchvision": width == 64,
-    }
+    feature_dim = width * 8 * block.expansion  # type: ignore[attr-defined]
+    return {"architecture": name, "stem": _SMALL_STEM if small else _TORCHVISION_STEM, "width": width,
+            "feature_dim": feature_dim, "plain_torchvision": width == 64}
 
 
 def build_line(arch: Mapping[str, Any]) -> str:
@@ -124,10 +98,8 @@ def build_line(arch: Mapping[str, Any]) -> str:
     if arch.get("timm"):
         return f'import timm, torch; m = timm.create_model("{name.removeprefix("timm/")}", num_classes=0)'
     if not arch["plain_torchvision"]:
-        return (
-            f"import torch; from reco_lightning.models import build_backbone; "
-            f'm, _ = build_backbone("{name}", {width}, small_stem={small})'
-        )
+        return (f"import torch; from reco_lightning.models import build_backbone; "
+                f'm, _ = build_backbone("{name}", {width}, small_stem={small})')
     line = f"import torch, torchvision; m = torchvision.models.{name}()"
     if small:
         line += "; m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity()"
@@ -149,31 +121,24 @@ def load_line(fmt: str, arch: Mapping[str, Any], filename: str) -> str:
 
 def torchvision_note(arch: Mapping[str, Any]) -> str:
     """How (or whether) plain torchvision builds the backbone, in one sentence."""
-    name, width = arch["architecture"], arch["width"]
+    name, width, small = arch["architecture"], arch["width"], arch["stem"] == _SMALL_STEM
     if arch.get("timm"):
         return f"not a torchvision model: timm builds it ({build_line(arch)}; the weights load with strict=True)"
     if arch["plain_torchvision"] and arch["stem"] == _TORCHVISION_STEM:
         return f"torchvision.models.{name}() with fc = torch.nn.Identity() (the weights load with strict=True)"
     if arch["plain_torchvision"]:
-        return (
-            f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, 1, bias=False), "
-            "maxpool = Identity, fc = Identity (the weights then load with strict=True)"
-        )
-    return (
-        f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; torchvision's ResNets are "
-        f"64-512, and width_per_group is not this width): load into reco_lightning.models.build_backbone"
-        f"({name!r}, {width}, small_stem={arch['stem'] == _SMALL_STEM}), or export with format=torchscript for "
-        "users without reco_lightning"
-    )
+        return (f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, 1, "
+                "bias=False), maxpool = Identity, fc = Identity (the weights then load with strict=True)")
+    return (f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; torchvision's "
+            f"ResNets are 64-512, and width_per_group is not this width): load into "
+            f"reco_lightning.models.build_backbone({name!r}, {width}, small_stem={small}), "
+            "or export with format=torchscript for users without reco_lightning")
 
 
 def normalisation(dataset: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Per-channel ``mean`` and ``std`` the run normalised its images with (inputs are
-    ``(pixels / 255 - mean) / std``), from its dataset settings; None when unknown.
-
-    The fixed statistics of :mod:`reco_lightning.data.datasets` for the torchvision
-    datasets and image folders (ImageNet's); for ``digits``, those of the run's training
-    split, recomputed from the bundled images.
+    ``(pixels / 255 - mean) / std``), from its dataset settings; None when unknown. Those
+    of ``digits`` depend on the run's training split, so they are recomputed.
 
     >>> normalisation({"name": "cifar10"})["mean"]
     [0.4914, 0.4822, 0.4465]
@@ -190,10 +155,9 @@ def normalisation(dataset: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if name in fixed:
         mean, std = fixed[name]
     elif name == "digits":
-        splits = d.build_datasets(
-            "digits", None, dataset.get("image_size"), False,
-            val_fraction=float(dataset.get("val_fraction", 0.2)), seed=int(dataset.get("seed", 0)),
-        )
+        splits = d.build_datasets("digits", None, dataset.get("image_size"), False,
+                                  val_fraction=float(dataset.get("val_fraction", 0.2)),
+                                  seed=int(dataset.get("seed", 0)))
         mean, std = splits.mean, splits.std
     else:
         return None
@@ -252,9 +216,8 @@ def output_path(output: Any, run_dir: Path, fmt: str) -> Path:
     if path.is_dir() or not path.suffix:
         return path / f"{STEM}{ext}"
     if path.suffix != ext:
-        raise ConfigError(
-            f"output={output}: format={fmt} writes a {ext} file; name a folder or a file ending in {ext}"
-        )
+        raise ConfigError(f"output={output}: format={fmt} writes a {ext} file; "
+                          f"name a folder or a file ending in {ext}")
     return path
 
 
@@ -262,10 +225,8 @@ def _require_safetensors() -> Any:
     try:
         import safetensors.torch
     except ModuleNotFoundError:
-        raise ConfigError(
-            'format=safetensors needs the safetensors package: pip install "reco_lightning[export]" '
-            "(or pip install safetensors)"
-        ) from None
+        raise ConfigError("format=safetensors needs the safetensors package: "
+                          'pip install "reco_lightning[export]" (or pip install safetensors)') from None
     return safetensors.torch
 
 
@@ -283,31 +244,27 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 def write_weights(backbone: torch.nn.Module, weights: dict[str, torch.Tensor], fmt: str, path: Path,
                   image_size: int | None, metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``weights`` (``fmt`` torchvision or safetensors) or a trace of ``backbone``
-    (torchscript, on a dummy batch of one ``image_size`` image) to ``path``."""
+    """Write ``weights`` or, for torchscript, a trace of ``backbone`` (on one ``image_size``
+    image) to ``path``."""
+    plain = {k: v.detach().clone().contiguous() for k, v in weights.items()}
     if fmt in ("torchvision", "timm"):
-        plain = {k: v.detach().clone().contiguous() for k, v in weights.items()}
         _atomic_write(path, lambda tmp: torch.save(plain, tmp))
     elif fmt == "safetensors":
         save_file = _require_safetensors().save_file
-        plain = {k: v.detach().clone().contiguous() for k, v in weights.items()}
         _atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=dict(metadata or {})))
     else:
         if image_size is None:
             raise ConfigError("format=torchscript needs image_size to trace at")
-        example = torch.zeros(1, 3, image_size, image_size)
         with warnings.catch_warnings(), torch.no_grad():
             # torch.jit is deprecated in favour of torch.export (FutureWarning), and still
             # what a user without this package loads with one call.
             warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(backbone.eval(), example)
+            traced = torch.jit.trace(backbone.eval(), torch.zeros(1, 3, image_size, image_size))
             _atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
 
 
-def export_backbone(
-    checkpoint: str | Path, fmt: str = "torchvision", output: str | Path | None = None,
-    image_size: int | None = None,
-) -> dict[str, Any]:
+def export_backbone(checkpoint: str | Path, fmt: str = "torchvision", output: str | Path | None = None,
+                    image_size: int | None = None) -> dict[str, Any]:
     """Export the backbone of ``checkpoint`` (a ``.ckpt`` or a run directory) as ``fmt``.
 
     Writes the weights (to :func:`output_path`) and ``backbone.json`` beside them; returns
@@ -331,17 +288,15 @@ def export_backbone(
         _require_safetensors()
     arch = describe_architecture(hparams)
     if fmt == "timm" and not arch.get("timm"):
-        raise ConfigError(
-            f"format=timm needs a backbone built from timm (backbone.name=timm/...); this one is {arch['architecture']}: "
-            "use format=torchvision"
-        )
+        raise ConfigError(f"format=timm needs a backbone built from timm (backbone.name=timm/...); "
+                          f"this one is {arch['architecture']}: use format=torchvision")
     if fmt == "torchvision" and arch.get("timm"):
         raise ConfigError(f"this backbone came from timm ({arch['architecture']}): use format=timm")
     weights = backbone_weights(state, path)
     backbone = backbone_from_state(state, path)
     dataset = run_dataset(run_dir, state)
-    if image_size is None and dataset is not None and dataset.get("image_size") is not None:
-        image_size = dataset["image_size"]
+    if image_size is None and dataset is not None:
+        image_size = dataset.get("image_size")
     image_size = _check_image_size(image_size, fmt)
     target = output_path(output, run_dir, fmt)
     knn, knn_from = knn_record(run_dir, path, state)
@@ -377,9 +332,8 @@ def export_backbone(
 
 
 def _earlier_exports(description: Path, info: Mapping[str, Any]) -> dict[str, Any]:
-    """The other formats already exported beside ``description`` from the same weights
-    (same checkpoint and step) whose files are still there: one ``backbone.json`` then
-    lists every format in the folder."""
+    """The other formats already exported beside ``description`` from the same checkpoint and
+    step whose files are still there, so that one ``backbone.json`` lists them all."""
     try:
         earlier = json.loads(description.read_text())
     except (OSError, ValueError):
@@ -394,14 +348,11 @@ def _earlier_exports(description: Path, info: Mapping[str, Any]) -> dict[str, An
 
 
 def _check_image_size(value: Any, fmt: str) -> int | None:
-    """``value`` as a positive number of pixels (None stays None, except for torchscript,
-    which traces at it)."""
+    """``value`` as a positive number of pixels (None stays None, except for torchscript)."""
     if value is None:
         if fmt == "torchscript":
-            raise ConfigError(
-                "format=torchscript traces at the run's image size, which is unknown here (no config.yaml beside "
-                "the checkpoint's run): set image_size=, e.g. image_size=32"
-            )
+            raise ConfigError("format=torchscript traces at the run's image size, which is unknown here "
+                              "(no config.yaml beside the checkpoint's run): set image_size=, e.g. image_size=32")
         return None
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value)) <= 0:
         raise ConfigError(f"image_size={value} is not a positive number of pixels: set image_size=, e.g. image_size=32")
@@ -413,10 +364,9 @@ def main(cfg: DictConfig) -> None:
     """The command: export, print where the files went and the line that loads them."""
     try:
         if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError(
-                "checkpoint is not set: python -m reco_lightning.export checkpoint=outputs/DATE/TIME format=torchvision "
-                "(a run directory: its checkpoints/last.ckpt; or a .ckpt file)"
-            )
+            raise ConfigError("checkpoint is not set: python -m reco_lightning.export "
+                              "checkpoint=outputs/DATE/TIME format=torchvision "
+                              "(a run directory: its checkpoints/last.ckpt; or a .ckpt file)")
         info = export_backbone(cfg.checkpoint, cfg.format, cfg.get("output"), cfg.get("image_size"))
     except RecoLightningError as error:
         print(f"reco_lightning.export: error: {one_line(error)}", file=sys.stderr)
@@ -425,10 +375,8 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {weights} ({info['format']}) and {description}; load it with:\n  {info['load']}")
 
 
-__all__ = [
-    "FORMATS", "backbone_weights", "build_line", "check_format", "describe_architecture", "export_backbone",
-    "load_line", "normalisation", "output_path", "torchvision_note",
-]
+__all__ = ["FORMATS", "backbone_weights", "build_line", "check_format", "describe_architecture",
+           "export_backbone", "load_line", "normalisation", "output_path", "torchvision_note"]
 
 
 if __name__ == "__main__":

@@ -1,13 +1,8 @@
 """``python -m reco_lightning.report SWEEP_DIR``: one table of a sweep's jobs, and a plot.
 
-Every job of a sweep (``python -m reco_lightning -m ...``) leaves ``summary.json`` in its
-directory and Hydra leaves ``.hydra/overrides.yaml`` beside it. This collects them into
-
-* ``report.csv`` and ``report.md`` in the sweep directory: one row per job, with its
-  overrides, final kNN and linear-probe accuracy, kNN at random initialisation, epochs
-  and training time (the Markdown table is also printed);
-* ``report.png``: kNN accuracy by method, ReCo off and on side by side (the mean over the
-  jobs that share method and ReCo setting, each job as a dot).
+Collects each job's ``summary.json`` and Hydra's ``.hydra/overrides.yaml`` beside it into
+``report.csv``, ``report.md`` (also printed) and ``report.png`` in the sweep directory;
+README.md, "Sweeps and their report", says what they show.
 """
 
 from __future__ import annotations
@@ -27,10 +22,8 @@ from .errors import ConfigError
 #: the PNG files a training run draws (linked from the Markdown report)
 PICTURES = ("training_curves.png", "feature_map.png")
 
-COLUMNS = (
-    "job", "overrides", "method", "reco", "dataset", "epochs", "steps",
-    "knn_acc", "linear_acc", "knn_acc_random_init", "train_time_s",
-)
+COLUMNS = ("job", "overrides", "method", "reco", "dataset", "epochs", "steps", "knn_acc", "linear_acc",
+           "knn_acc_random_init", "train_time_s")
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -39,15 +32,13 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"SWEEP_DIR={sweep_dir} is not a directory: pass the directory a sweep wrote")
     rows = []
     for summary_path in sorted(sweep_dir.rglob("summary.json"), key=lambda p: _natural(p.parent, sweep_dir)):
-        summary = json.loads(summary_path.read_text())
-        overrides_path = summary_path.parent / ".hydra" / "overrides.yaml"
+        summary, job_dir = json.loads(summary_path.read_text()), summary_path.parent
+        overrides_path = job_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
-        row["job"] = str(summary_path.parent.relative_to(sweep_dir)) or "."
+        row["job"] = str(job_dir.relative_to(sweep_dir)) or "."
         row["overrides"] = " ".join(overrides or [])
-        row["pictures"] = [
-            f"{row['job']}/{name}" for name in PICTURES if (summary_path.parent / name).is_file()
-        ]
+        row["pictures"] = [f"{row['job']}/{name}" for name in PICTURES if (job_dir / name).is_file()]
         rows.append(row)
     if not rows:
         raise ConfigError(
@@ -64,9 +55,7 @@ def _natural(job_dir: Path, root: Path) -> tuple:
 def _fmt(value: Any, percent: bool = False) -> str:
     if value is None:
         return "n/a"
-    if percent:
-        return f"{100 * float(value):.2f}"
-    return str(value)
+    return f"{100 * float(value):.2f}" if percent else str(value)
 
 
 def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
@@ -82,13 +71,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         own = " ".join(o for o in row["overrides"].split() if o not in shared)
-        lines.append(
-            f"| {row['job']} | `{own}` | {_fmt(row['knn_acc'], True)} | "
-            f"{_fmt(row['linear_acc'], True)} | {_fmt(row['knn_acc_random_init'], True)} | "
-            f"{_fmt(row['epochs'])} | {_fmt(row['train_time_s'])} | "
-            + " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"])
-            + " |"
-        )
+        accuracies = (_fmt(row[k], True) for k in ("knn_acc", "linear_acc", "knn_acc_random_init"))
+        cells = [row["job"], f"`{own}`", *accuracies, _fmt(row["epochs"]), _fmt(row["train_time_s"]),
+                 " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"])]
+        lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

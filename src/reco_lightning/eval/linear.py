@@ -48,15 +48,9 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
 
 
-def linear_evaluation(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    test_labels: Tensor,
-    num_classes: int,
-    protocol: LinearProtocol | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
+def linear_evaluation(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
+                      test_labels: Tensor, num_classes: int, protocol: LinearProtocol | None = None,
+                      progress: bool = True) -> dict[str, Any]:
     """Train a linear classifier on ``train_features``; top-1/top-5 on ``test_features``."""
     protocol = protocol or LinearProtocol()
     generator = torch.Generator().manual_seed(protocol.seed)
@@ -67,9 +61,8 @@ def linear_evaluation(
     torch.manual_seed(protocol.seed)
     classifier = nn.Linear(train_features.shape[1], num_classes).to(train_features.device)
     lr = protocol.lr * protocol.batch_size / 256
-    optimizer = torch.optim.SGD(
-        classifier.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
-    )
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=protocol.momentum,
+                                weight_decay=protocol.weight_decay)
     steps_per_epoch = math.ceil(train_features.shape[0] / protocol.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol.epochs * steps_per_epoch)
     epochs = range(protocol.epochs)

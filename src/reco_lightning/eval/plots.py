@@ -47,16 +47,8 @@ def embed_2d(features: Tensor, method: str = "tsne", seed: int = 0) -> Tensor:
     return torch.from_numpy(coordinates)
 
 
-def feature_map(
-    features: Tensor,
-    labels: Tensor,
-    path: Path,
-    title: str,
-    method: str = "tsne",
-    max_points: int = 2000,
-    class_names: list[str] | None = None,
-    seed: int = 0,
-) -> Path:
+def feature_map(features: Tensor, labels: Tensor, path: Path, title: str, method: str = "tsne",
+                max_points: int = 2000, class_names: list[str] | None = None, seed: int = 0) -> Path:
     """Scatter plot of a 2-D embedding of ``features`` coloured by ``labels``."""
     if features.shape[0] > max_points:
         keep = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
@@ -71,8 +63,7 @@ def feature_map(
         rows = labels == cls
         name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
         axes.scatter(coordinates[rows, 0], coordinates[rows, 1], s=4, color=colours(i % colours.N), label=name)
-    axes.set_xticks([])
-    axes.set_yticks([])
+    axes.set(xticks=[], yticks=[])
     axes.set_title(title, fontsize=9)
     if len(classes) <= 20:
         axes.legend(markerscale=3, fontsize=6, loc="best", frameon=False, ncol=2)
@@ -111,25 +102,24 @@ def training_curves(metrics_csv: Path, path: Path, title: str) -> Path:
     curves = read_epoch_curves(metrics_csv)
     plt = _pyplot()
     figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(9.0, 3.4), dpi=110)
-    for key in ("train/loss", "train/loss_method", "train/loss_global", "train/loss_local"):
-        if key in curves:
-            epochs, values = zip(*curves[key])
-            losses.plot(epochs, values, marker="o", markersize=2, label=key.removeprefix("train/"))
-    losses.set_xlabel("epochs trained")
-    losses.set_ylabel("loss")
-    losses.legend(fontsize=7)
-    losses.grid(alpha=0.3)
-    for key in ("val/knn_acc", "val/linear_acc"):
-        if key in curves:
-            epochs, values = zip(*curves[key])
-            accuracy.plot(epochs, [100 * v for v in values], marker="o", markersize=2, label=key.removeprefix("val/"))
-    accuracy.set_xlabel("epochs trained (0 = random initialisation)")
-    accuracy.set_ylabel("accuracy (%)")
-    accuracy.legend(fontsize=7)
-    accuracy.grid(alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
-    for axes in (losses, accuracy):
+    panels = (  # axes, curves, scale, x and y labels
+        (losses, ("train/loss", "train/loss_method", "train/loss_global", "train/loss_local"), 1,
+         "epochs trained", "loss"),
+        (accuracy, ("val/knn_acc", "val/linear_acc"), 100,
+         "epochs trained (0 = random initialisation)", "accuracy (%)"),
+    )
+    for axes, keys, scale, xlabel, ylabel in panels:
+        for key in keys:
+            if key in curves:
+                epochs, values = zip(*curves[key])
+                axes.plot(epochs, [scale * v for v in values], marker="o", markersize=2,
+                          label=key.split("/", 1)[1])
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+        axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()

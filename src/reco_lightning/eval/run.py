@@ -1,12 +1,8 @@
 """Offline evaluation of a checkpoint: what ``python -m reco_lightning.eval`` runs.
 
-1. Load the backbone from the checkpoint (the heads are not needed).
-2. Run it once over the training split (the kNN bank and the linear classifier's training
-   set) and the validation split, with the deterministic evaluation view.
-3. Weighted kNN (top-1/top-5), linear evaluation on the stored features, the relation
-   diagnostics of :mod:`reco_lightning.metrics.diagnostics`, and a 2-D feature map.
-4. Print a table and write ``eval.json``, ``eval_feature_map.png`` and (from the run's
-   ``metrics.csv``) ``training_curves.png`` into the run directory.
+The backbone runs once over the training split (the kNN bank and the linear classifier's
+training set) and the validation split, with the deterministic evaluation view; kNN, linear
+evaluation, relation diagnostics and pictures then use those features.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from ..checkpoints import checkpoint_file, read_checkpoint
 from ..config_checks import as_dict
 from ..errors import ConfigError
 from ..models import build_backbone
-from ..metrics.diagnostics import relation_diagnostics
+from ..metrics.diagnostics import relation_diagnostics, view_pair_features
 from .features import extract_features
 from ..metrics.knn import weighted_knn_scores
 from .linear import LinearProtocol, linear_evaluation, topk_accuracy
@@ -37,11 +33,9 @@ DEFAULT_KNN = {"k": 200, "temperature": 0.1}
 def resolve_checkpoint(value: Any) -> Path:
     """The ``.ckpt`` file that ``checkpoint=`` names (a file, or a run directory's last.ckpt)."""
     if value is None or str(value).strip() in {"", "???"}:
-        raise ConfigError(
-            "checkpoint is not set: pass the checkpoint to evaluate, e.g. "
-            "python -m reco_lightning.eval checkpoint=outputs/DATE/TIME (a run directory: its "
-            "checkpoints/last.ckpt) or checkpoint=RUN/checkpoints/best-....ckpt"
-        )
+        raise ConfigError("checkpoint is not set: pass the checkpoint to evaluate, e.g. "
+                          "python -m reco_lightning.eval checkpoint=outputs/DATE/TIME (a run directory: its "
+                          "checkpoints/last.ckpt) or checkpoint=RUN/checkpoints/best-....ckpt")
     return checkpoint_file(value, "checkpoint", " or a run directory that holds checkpoints/last.ckpt")
 
 
@@ -81,9 +75,8 @@ def _run_config(run_dir: Path) -> DictConfig | None:
     return OmegaConf.load(path) if path.is_file() else None  # type: ignore[return-value]
 
 
-def knn_settings(
-    cfg: DictConfig, run_config: DictConfig | None, hparams: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, str]]:
+def knn_settings(cfg: DictConfig, run_config: DictConfig | None,
+                 hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """``knn.k`` and ``knn.temperature`` for the evaluation, and where each came from.
 
     The command line wins; otherwise the run's own value, so that ``eval`` reproduces the
@@ -94,22 +87,17 @@ def knn_settings(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     given = cfg.get("knn") or {}
-    run_knn = run_config.get("knn") if run_config is not None else None
+    run_knn = (run_config or {}).get("knn") or {}
     for key, cast in (("k", int), ("temperature", float)):
-        if given.get(key) is not None:
-            values[key], sources[key] = given[key], "the command line"
-        elif run_knn is not None and run_knn.get(key) is not None:
-            values[key], sources[key] = run_knn[key], "the run's config.yaml"
-        elif hparams.get(f"knn_{key}") is not None:
-            values[key], sources[key] = hparams[f"knn_{key}"], "the checkpoint's hyperparameters"
-        else:
-            values[key], sources[key] = DEFAULT_KNN[key], "the default"
+        candidates = ((given.get(key), "the command line"), (run_knn.get(key), "the run's config.yaml"),
+                      (hparams.get(f"knn_{key}"), "the checkpoint's hyperparameters"),
+                      (DEFAULT_KNN[key], "the default"))
+        value, sources[key] = next((v, source) for v, source in candidates if v is not None)
         try:
-            values[key] = cast(values[key])
+            values[key] = cast(value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"knn.{key}={values[key]!r} (from {sources[key]}) is not a number: set knn.{key}"
-            ) from None
+                f"knn.{key}={value!r} (from {sources[key]}) is not a number: set knn.{key}") from None
         if values[key] <= 0:
             raise ConfigError(f"knn.{key}={values[key]} (from {sources[key]}) must be positive: set knn.{key}")
     return values, sources
@@ -171,24 +159,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     scores = weighted_knn_scores(train_x, train_y, val_x, classes, knn["k"], knn["temperature"])
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "dataset": dataset_label,
-        "num_train": int(train_y.shape[0]),
-        "num_val": int(val_y.shape[0]),
-        "knn": {
-            "k": knn["k"],
-            "temperature": knn["temperature"],
-            "settings_from": knn_sources,  # e.g. {"k": "the command line", ...}
-            "top1": topk_accuracy(scores, val_y, 1),
-            "top5": topk_accuracy(scores, val_y, 5),
-        },
+        "checkpoint": str(checkpoint), "dataset": dataset_label,
+        "num_train": int(train_y.shape[0]), "num_val": int(val_y.shape[0]),
+        "knn": {**knn, "settings_from": knn_sources,  # settings_from: e.g. {"k": "the command line", ...}
+                "top1": topk_accuracy(scores, val_y, 1), "top5": topk_accuracy(scores, val_y, 5)},
     }
     if cfg.linear.enabled:
         protocol = LinearProtocol(**{k: v for k, v in as_dict(cfg.linear, "linear").items() if k != "enabled"},
                                   seed=int(cfg.seed))
         result["linear"] = linear_evaluation(train_x, train_y, val_x, val_y, classes, protocol, cfg.progress)
 
-    view1, view2 = _alignment_views(backbone, datamodule, device, int(cfg.diagnostics.alignment_images))
+    view1 = view2 = None
+    if int(cfg.diagnostics.alignment_images) > 0:
+        loader = datamodule.alignment_loader(int(cfg.diagnostics.alignment_images))
+        view1, view2 = view_pair_features(backbone, loader, device)
     result["diagnostics"] = relation_diagnostics(val_x, val_y, view1, view2)
     if cfg.map.enabled:
         if cfg.progress:
@@ -212,42 +196,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def _alignment_views(
-    backbone: torch.nn.Module, datamodule: Any, device: torch.device, num_images: int
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if num_images <= 0:
-        return None, None
-    firsts, seconds = [], []
-    with torch.no_grad():
-        for batch in datamodule.alignment_loader(num_images):
-            view1, view2 = batch["strong"]
-            firsts.append(backbone(view1.to(device)).float())
-            seconds.append(backbone(view2.to(device)).float())
-    return torch.cat(firsts), torch.cat(seconds)
-
-
 def format_table(result: dict[str, Any]) -> str:
     """The evaluation as an aligned text table."""
 
     def pct(value: float) -> str:
         return f"{100 * value:6.2f}%"
 
-    knn = result["knn"]
-    lines = [
-        "",
-        f"== reco_lightning.eval: {result['checkpoint']}",
-        f"   {result['dataset']}: {result['num_train']} training images (kNN bank, linear training), "
-        f"{result['num_val']} evaluated",
-        f"{'kNN (k=%d, T=%g)' % (knn['k'], knn['temperature']):<28}top-1 {pct(knn['top1'])}   top-5 {pct(knn['top5'])}",
-    ]
+    def scores(label: str, record: dict[str, Any]) -> str:
+        return f"{label:<28}top-1 {pct(record['top1'])}   top-5 {pct(record['top5'])}"
+
+    knn, d = result["knn"], result["diagnostics"]
+    lines = ["", f"== reco_lightning.eval: {result['checkpoint']}",
+             f"   {result['dataset']}: {result['num_train']} training images (kNN bank, linear training), "
+             f"{result['num_val']} evaluated",
+             scores("kNN (k=%d, T=%g)" % (knn["k"], knn["temperature"]), knn)]
     if "settings_from" in knn:
-        sources = knn["settings_from"]
-        lines.append(f"   kNN k from {sources['k']}, temperature from {sources['temperature']}")
+        lines.append("   kNN k from {k}, temperature from {temperature}".format(**knn["settings_from"]))
     if "linear" in result:
-        linear = result["linear"]
-        epochs = linear["protocol"]["epochs"]
-        lines.append(f"{'linear (%d epochs)' % epochs:<28}top-1 {pct(linear['top1'])}   top-5 {pct(linear['top5'])}")
-    d = result["diagnostics"]
+        lines.append(scores("linear (%d epochs)" % result["linear"]["protocol"]["epochs"], result["linear"]))
     lines += [
         f"neighbour purity @10 / @50  {pct(d['purity@10'])} / {pct(d['purity@50'])}",
         f"cosine same / diff class    {d['cos_same_class']:.3f} / {d['cos_diff_class']:.3f}   gap {d['cos_gap']:.3f}",
