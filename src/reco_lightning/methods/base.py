@@ -1,12 +1,10 @@
-"""What MoCo v2, SimCLR and BYOL share: backbone, optimizer and schedule, online linear
-probe, kNN monitor, and the hook-up of ReCo.
+"""What the built-in methods share: backbone, optimizer and schedule, online linear probe,
+kNN monitor, EMA updates, checkpoint checks, and the call of ReCo.
 
-A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.method_step` (the
-method's own loss from two strong views), :meth:`online_embedding` and, where it has a
-momentum target network, ``target_embedding``. The training step, logging, evaluation and
-the EMA updates are here, once. ReCo is not built in: a method with ``reco`` settings holds
-a :class:`~reco_lightning.reco.ReCo` module (``self.reco``, made by :meth:`make_reco`) and
-calls it in the training step.
+A method subclasses :class:`SSLMethod` and implements :meth:`SSLMethod.method_step`,
+``online_embedding`` and, with a momentum target network, ``target_embedding``. ReCo is
+not built in: a method with ``reco`` settings holds a :class:`~reco_lightning.reco.ReCo`
+(``self.reco``, made by :meth:`make_reco`), which the training step calls.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..errors import ConfigError, NonFiniteLossError, positive
-from ..metrics.diagnostics import relation_diagnostics
+from ..metrics.diagnostics import relation_diagnostics, view_pair_features
 from ..metrics.knn import KNNMonitor
 from ..models import build_backbone
 from ..reco import ReCo, log_reco_terms, training_progress
@@ -39,8 +37,7 @@ from ..utils.rng import rng_states, set_rng_states
 DIAGNOSTIC_SAMPLES = 5000
 #: validation images whose two strong views give the per-epoch alignment
 ALIGNMENT_IMAGES = 256
-#: the checkpoint entry where :meth:`SSLMethod.on_save_checkpoint` records which method
-#: (its ``+method=`` name) wrote the checkpoint
+#: the checkpoint entry that records the ``+method=`` name of the method that wrote it
 METHOD_KEY = "reco_lightning_method"
 
 
@@ -81,9 +78,8 @@ def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
 
 
 def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
-    """Whether ``checkpoint``'s weights hold ReCo's state (its relation bank, which every
-    ReCo-on module has): the weights say it even when ``load_from_checkpoint``'s keyword
-    arguments have overridden the saved ``reco`` hyperparameter."""
+    """Whether ``checkpoint``'s weights hold a relation bank (every ReCo-on module has one):
+    the weights say it even where ``load_from_checkpoint`` overrode the ``reco`` argument."""
     return any(key.startswith(("reco.bank.", "relation_bank.")) for key in checkpoint.get("state_dict", {}))
 
 
@@ -92,8 +88,7 @@ LEGACY_RECO_KEYS = {"relation_bank.": "reco.bank.", "reco_negatives.": "reco.neg
 
 
 def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
-    """Rename, in place, the ReCo entries of a checkpoint written before ReCo was one module
-    (``relation_bank.*`` -> ``reco.bank.*`` and so on), so older runs still resume."""
+    """Rename, in place, :data:`LEGACY_RECO_KEYS`, so older runs still resume."""
     for key in list(state_dict):
         for old, new in LEGACY_RECO_KEYS.items():
             if key.startswith(old):
@@ -101,7 +96,7 @@ def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
 
 
 def _describe(method: str | None, reco: bool) -> str:
-    """``MoCo with ReCo on (+method=moco +reco=on)``, for the messages below."""
+    """``MoCo with ReCo on (+method=moco +reco=on)``."""
     from . import METHODS
 
     switch = "on" if reco else "off"
@@ -120,9 +115,8 @@ class MethodOutput:
         q1: online embedding of the first strong view (normalised, with gradient).
         k2: target embedding of the second strong view (normalised, detached).
         features: backbone features of the first strong view (for the online probe).
-        negatives: the written rows of the method's key queue as they were before this
-            step's keys went in (MoCo), which it lends to ReCo's local term; ``None`` for
-            methods without a queue.
+        negatives: MoCo's queue as lent to ReCo's local term: its written rows before this
+            step's keys went in; ``None`` for methods without a queue.
     """
 
     loss: Tensor
@@ -207,11 +201,8 @@ class SSLMethod(L.LightningModule):
     def make_reco(self, embedding_dim: int, **options: Any) -> ReCo | None:
         """ReCo's module from the ``reco`` hyperparameter, or None when ReCo is off. Call it
         last in ``__init__``, when the networks that ReCo's EMA teacher may copy exist.
-
-        ``options`` go to :class:`~reco_lightning.reco.ReCo` (``teacher_modules``,
-        ``borrows_negatives``); the method's temperature, momentum schedule and mixing are added."""
-        # ReCo's own EMA teacher (reco.teacher=ema, or SimCLR's auto) copies what the online
-        # embedding runs through: every trained child but the online probe
+        ``options`` go to :class:`~reco_lightning.reco.ReCo`; the method's temperature,
+        momentum schedule, mixing and trained children (all but the probe) are the defaults."""
         options.setdefault("teacher_modules", trainable_children(self, lambda name: name == "classifier"))
         options.setdefault("temperature", self.temperature)
         options.setdefault("momentum_schedule", self.momentum_schedule)
@@ -228,10 +219,8 @@ class SSLMethod(L.LightningModule):
         raise NotImplementedError
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """The method's (online, EMA target) module pairs; none by default (SimCLR).
-
-        Declared as data, updated in one place (:meth:`on_train_batch_end`), once per
-        optimizer step."""
+        """The method's (online, EMA target) module pairs, which :meth:`on_train_batch_end`
+        updates once per optimizer step; none by default (SimCLR)."""
         return []
 
     def current_momentum(self) -> float:
@@ -239,9 +228,9 @@ class SSLMethod(L.LightningModule):
         return scheduled_momentum(self.base_momentum, self.momentum_schedule, self.global_step, self.total_steps)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """After an optimizer step: the EMA update of every momentum pair, once per step
-        (with ``accumulate_grad_batches=N``, after every N-th micro-batch). ReCo's own
-        teacher is ReCo's business: it moves inside ReCo's call."""
+        """The EMA update of every momentum pair, once per optimizer step (with
+        ``accumulate_grad_batches=N``, after every N-th micro-batch). ReCo's own teacher
+        moves inside ReCo's call."""
         pairs = self.momentum_pairs()
         if pairs and self.momentum_gate.due(self.global_step if self._trainer is not None else None):
             momentum = self.current_momentum()
@@ -258,24 +247,18 @@ class SSLMethod(L.LightningModule):
             self.compile_backbones()
 
     def compile_backbones(self) -> None:
-        """``torch.compile`` the backbone and, where the method has one, the target backbone.
-
-        ``nn.Module.compile`` works in place and keeps the parameter names, so checkpoints of
-        compiled and eager runs load into each other. It runs at ``setup``, after the methods
-        have copied the backbone into their target networks: a deep copy of a compiled
-        module would still call the original's forward.
-        """
+        """``torch.compile`` the backbone and any target backbone, in place (checkpoints of
+        compiled and eager runs load into each other). At ``setup``, after the target
+        networks were copied: a deep copy of a compiled module calls the original's forward."""
         for name in ("backbone", "target_backbone"):
             module = getattr(self, name, None)
             if isinstance(module, nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
                 module.compile()
 
     def _memory_format(self, images: Tensor) -> Tensor:
-        """Images in the backbone's memory format (channels-last when asked for; on GPUs with
-        mixed precision it usually speeds up convolutions, see benchmarks/channels_last.py)."""
-        if self.hparams.get("channels_last"):
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
+        """Images in the backbone's memory format (see benchmarks/channels_last.py)."""
+        channels_last = self.hparams.get("channels_last")
+        return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -291,17 +274,11 @@ class SSLMethod(L.LightningModule):
                 raise ConfigError(
                     "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
                 )
-            terms_reco = self.reco(
-                self, view1, view2, batch["weak"], q1=output.q1, k2=output.k2, negatives=output.negatives,
-                progress=training_progress(self),
-            )
-            log_reco_terms(self, terms_reco)
-            loss = loss + terms_reco.weighted
-            terms.update({
-                name: value for name, value in
-                (("train/loss_global", terms_reco.global_), ("train/loss_local", terms_reco.local))
-                if value is not None
-            })
+            reco = self.reco(self, view1, view2, batch["weak"], q1=output.q1, k2=output.k2,
+                             negatives=output.negatives, progress=training_progress(self))
+            log_reco_terms(self, reco)
+            loss = loss + reco.weighted
+            terms.update({"train/loss_global": reco.global_, "train/loss_local": reco.local})
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
         self._check_finite(loss, terms, batch_idx)
 
@@ -312,7 +289,7 @@ class SSLMethod(L.LightningModule):
         self.log("train/linear_acc", self.train_linear_acc, on_step=False, on_epoch=True)
         return loss + probe_loss
 
-    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> None:
+    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor | None], batch_idx: int) -> None:
         """Stop at the first NaN or infinite loss, naming the step and the term.
 
         Training on would only overwrite the last good checkpoint with a broken one. Under
@@ -323,7 +300,8 @@ class SSLMethod(L.LightningModule):
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if bool(finite):
             return
-        bad = [f"{name} = {float(value.detach()):g}" for name, value in terms.items() if not torch.isfinite(value.detach())]
+        bad = [f"{name} = {float(value.detach()):g}" for name, value in terms.items()
+               if value is not None and not torch.isfinite(value.detach())]
         where = ", ".join(bad) or "a term on another rank"
         fixes = "lower optimizer.lr, raise optimizer.warmup_epochs or try trainer.precision=32-true"
         last = self._last_checkpoint()
@@ -346,18 +324,15 @@ class SSLMethod(L.LightningModule):
         return last if os.path.isfile(last) else None
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups for everything but the online probe: weights,
-        and biases/norm parameters (no decay, no LARS). Methods that need a group of their
-        own (BYOL's predictor learning rate) override this."""
+        """The optimizer's parameter groups of everything but the online probe: weights, and
+        biases/norm parameters (no decay, no LARS). BYOL overrides it for its predictor."""
         trained = nn.ModuleDict({name: m for name, m in self.named_children() if name != "classifier"})
         return split_decay_groups(trained)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.parameter_groups()
-        groups.append(
-            {"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr,
-             "weight_decay": 0.0, "lars_exclude": True}
-        )
+        groups.append({"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr,
+                       "weight_decay": 0.0, "lars_exclude": True})
         optimizer = build_optimizer(
             self.hparams.optimizer, groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.sgd_momentum,
             kernel=self.hparams.get("optimizer_kernel", "auto"),
@@ -373,11 +348,8 @@ class SSLMethod(L.LightningModule):
     @property
     def total_steps(self) -> int:
         """Optimizer steps of the whole run (for momentum schedules); 0 without a Trainer,
-        which leaves the momentum schedules at their base value (as in benchmarks that drive
-        ``training_step`` by hand)."""
-        if self._trainer is None:
-            return 0
-        return max(int(self.trainer.estimated_stepping_batches), 1)
+        which leaves the momentum at its base value."""
+        return 0 if self._trainer is None else max(int(self.trainer.estimated_stepping_batches), 1)
 
     # -- validation: online probe and kNN monitor -----------------------------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -402,21 +374,16 @@ class SSLMethod(L.LightningModule):
             self.log(f"val/{name.replace('@', '_at_')}", value)
 
     def _relation_diagnostics(self, features: Tensor, labels: Tensor) -> dict[str, float]:
-        """The relation diagnostics of the validation features (at most
-        ``DIAGNOSTIC_SAMPLES`` of them) and the alignment of two strong views of a fixed set
-        of validation images: a few hundred extra forward passes per validation epoch."""
+        """The relation diagnostics of at most ``DIAGNOSTIC_SAMPLES`` validation features, and
+        the alignment of two strong views of ``ALIGNMENT_IMAGES`` fixed validation images."""
         features, labels = features[:DIAGNOSTIC_SAMPLES], labels[:DIAGNOSTIC_SAMPLES]
         if labels.shape[0] < 2:
             return {}
         view1 = view2 = None
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "alignment_loader"):
-            firsts, seconds = [], []
-            for batch in datamodule.alignment_loader(ALIGNMENT_IMAGES):
-                first, second = batch["strong"]
-                firsts.append(self.backbone(first.to(self.device)).float())
-                seconds.append(self.backbone(second.to(self.device)).float())
-            view1, view2 = torch.cat(firsts), torch.cat(seconds)
+            loader = datamodule.alignment_loader(ALIGNMENT_IMAGES)
+            view1, view2 = view_pair_features(self.backbone, loader, self.device)
         return relation_diagnostics(features, labels, view1, view2)
 
     # -- checkpoints: which method wrote them, random state ----------------------------------
@@ -428,11 +395,8 @@ class SSLMethod(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another method or ReCo setting, then restore the RNG states.
-
-        Lightning calls this before loading the weights, both in :meth:`load_from_checkpoint`
-        and when a Trainer resumes with ``ckpt_path``, so the user reads which method and
-        ReCo setting the checkpoint holds instead of a list of missing and unexpected keys.
-        """
+        Lightning calls it before loading the weights (in :meth:`load_from_checkpoint` and on
+        a resume), so the user reads what the checkpoint holds, not a list of missing keys."""
         self.check_checkpoint_fits(checkpoint)
         upgrade_reco_keys(checkpoint.get("state_dict", {}))
         if "rng_states" in checkpoint:
@@ -449,13 +413,9 @@ class SSLMethod(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> SSLMethod:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, with one-line errors that name the file.
-
-        :meth:`on_load_checkpoint` refuses another method's checkpoint or the other ReCo
-        setting; this adds the file's name, and catches the one mismatch that fails
-        earlier, while the module is built: hyperparameters of another method that this
-        class does not take (a MoCo checkpoint's ``queue_size`` given to SimCLR).
-        """
+        """Lightning's ``load_from_checkpoint``, with one-line errors that name the file, also
+        for the mismatch that fails while the module is built: another method's
+        hyperparameters (a MoCo checkpoint's ``queue_size`` given to SimCLR)."""
         where = f"{checkpoint_path}: " if isinstance(checkpoint_path, (str, Path)) else ""
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)

@@ -8,19 +8,7 @@ from .module import ReCo, ReCoTerms, TrainingProgress
 from .queue import FeatureQueue
 
 __all__ = [
-    "FeatureQueue",
-    "MixedBatch",
-    "ReCo",
-    "ReCoConfig",
-    "ReCoMixin",
-    "ReCoTerms",
-    "TrainingProgress",
-    "cutmix_box",
-    "global_relation_loss",
-    "interpolation_target",
-    "local_interpolation_loss",
-    "log_reco_terms",
-    "mix_views",
-    "split_views",
-    "training_progress",
+    "FeatureQueue", "MixedBatch", "ReCo", "ReCoConfig", "ReCoMixin", "ReCoTerms", "TrainingProgress", "cutmix_box",
+    "global_relation_loss", "interpolation_target", "local_interpolation_loss", "log_reco_terms", "mix_views",
+    "split_views", "training_progress",
 ]

@@ -21,29 +21,17 @@ TEACHERS = ("auto", "ema", "online")
 class ReCoConfig:
     """Weights, temperatures and bank sizes of the two relation terms.
 
-    ``tau_local=None`` means "the method's own temperature" (0.2 for MoCo v2, and 0.2 for
-    BYOL, which has none). ``negatives_size`` is used only by methods without a key queue
-    of their own (SimCLR, BYOL, most user methods); MoCo lends its queue.
-
-    ``teacher`` picks the network whose embeddings are the targets of both terms:
-    ``auto`` takes the method's own momentum target where it has one (MoCo, BYOL, a user
-    module that implements ``target_embedding``) and otherwise ReCo's own EMA copy of the
-    online network; ``ema`` always takes ReCo's copy (momentum ``teacher_momentum``, on the
-    method's momentum schedule); ``online`` scores against the online network itself under
-    ``no_grad`` (kept for the ablation: it cost SimCLR 21 kNN points, see RECO.md).
-
-    ``negatives`` picks the local term's negatives: ``queue`` (a FIFO of earlier teacher
-    keys; MoCo lends its own) or ``batch`` (the teacher keys of the other images of this
-    global batch, as SimCLR's own loss does).
-
-    ``mix`` picks how the local term mixes the two strong views: ``cutmix`` (RECO.md's),
-    ``mixup``, or ``auto``, the method's choice (``ReCo(..., mix=)``): Mixup for BYOL and
-    MoCo, which gained from it over CutMix on two seeds each (BYOL 3.4 and 3.9 kNN points,
-    MoCo 1.1 and 1.3), CutMix for every other method (see docs/benchmarks.md, "Mixup for BYOL
-    and MoCo").
-
-    ``warmup_epochs`` raises both weights linearly from 0 to ``w_global`` and ``w_local``
-    over that many (possibly fractional) epochs.
+    * ``tau_local=None``: the method's own temperature (0.2 for BYOL, which has none).
+    * ``negatives``: ``queue`` (a FIFO of earlier teacher keys, ``negatives_size`` long;
+      MoCo lends its own) or ``batch`` (the other teacher keys of this global batch).
+    * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's momentum
+      target if it has one (``target_embedding``), else ReCo's own EMA copy of the online
+      network; ``ema`` always the copy (``teacher_momentum``, on the method's schedule);
+      ``online`` the online network under ``no_grad`` (an ablation that fails, see
+      docs/benchmarks.md).
+    * ``mix``: ``cutmix`` (RECO.md's), ``mixup``, or ``auto``, the method's choice
+      (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
+    * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
 
     >>> ReCoConfig(w_local=0.5, negatives="batch").teacher
     'auto'
@@ -74,15 +62,12 @@ class ReCoConfig:
         for name in ("bank_size", "negatives_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"reco.{name}={getattr(self, name)} must be a positive number of embeddings")
-        if self.negatives not in NEGATIVES:
-            raise ConfigError(f"reco.negatives={self.negatives!r} is unknown: choose one of {list(NEGATIVES)}")
-        if self.teacher not in TEACHERS:
-            raise ConfigError(f"reco.teacher={self.teacher!r} is unknown: choose one of {list(TEACHERS)}")
+        for name, choices in (("negatives", NEGATIVES), ("teacher", TEACHERS), ("mix", ["auto", *MIX_MODES])):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}")
         fraction("reco.teacher_momentum", self.teacher_momentum)
         if self.warmup_epochs < 0:
             raise ConfigError(f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)")
-        if self.mix not in ("auto", *MIX_MODES):
-            raise ConfigError(f"reco.mix={self.mix!r} is unknown: choose one of {['auto', *MIX_MODES]}")
 
     @classmethod
     def from_mapping(cls, settings: "ReCoConfig | Mapping[str, Any] | None") -> "ReCoConfig | None":

@@ -1,18 +1,14 @@
 """ReCoMixin: ReCo's relation terms for your own LightningModule, in three lines of glue.
 
-The mixin holds nothing but a method: everything ReCo keeps (relation bank, negatives, EMA
-teacher) lives in the :class:`~reco_lightning.reco.module.ReCo` module your model holds as
-``self.reco``. A model with ReCo
+The mixin holds no state and no hooks (so it may come before or after
+``LightningModule``): ReCo's state is in the :class:`~reco_lightning.reco.module.ReCo` your
+model holds. A model with ReCo
 
-1. subclasses ``ReCoMixin`` (before or after ``LightningModule``: the mixin has no hooks,
-   so the order does not matter);
+1. subclasses ``ReCoMixin``;
 2. has ``online_embedding(images)`` (and ``target_embedding(images)`` if it has a momentum
    target network) and holds ``self.reco = ReCo(settings, embedding_dim, self)``;
-3. adds ``self.reco_loss(batch)`` to its loss.
-
-``reco_loss`` reads where training stands from the Trainer (for the warm-up and the
-teacher's momentum), calls ``self.reco`` (which moves its teacher once per optimizer step,
-scores and enqueues in the same call) and logs the terms and effective weights.
+3. adds ``self.reco_loss(batch)`` to its loss, which calls ``self.reco`` with where
+   training stands and logs the terms.
 
 >>> import lightning as L, torch, torch.nn.functional as F
 >>> from torch import nn

@@ -1,24 +1,15 @@
 """``ReCo``: one module that owns everything ReCo keeps and computes both relation terms.
 
-ReCo plugs into a model by composition, as a loss module does: the model holds a ``ReCo``
-and calls it once per training step with its views. The call
+A model holds a ``ReCo`` and calls it once per training step, as it would a loss module.
+The call moves ReCo's own EMA teacher (once per optimizer step), scores the batch against
+*clones* of the relation bank and the negatives, and then enqueues this step's teacher
+keys, gathered from every rank. Cloning first means the enqueue cannot overwrite what
+autograd saved and a batch never meets its own keys; doing it all in the call means no
+hook, base-class order or ``super()`` call. ReCo logs nothing: it returns
+:class:`ReCoTerms` for the caller to log.
 
-1. moves ReCo's own EMA teacher if an optimizer step has happened since the last call
-   (once per optimizer step, however many micro-batches a step accumulates);
-2. embeds the weak view (and, with its own teacher, the second strong view) with the
-   teacher, scores the batch against *clones* of the relation bank and the negatives, and
-   mixes the two strong views for the local term;
-3. enqueues this step's teacher keys (gathered from every rank).
-
-Because the banks are cloned before scoring, the enqueue in step 3 cannot overwrite what
-autograd saved, and the batch never meets its own keys. Nothing happens in a hook, so no
-base-class order, ``super()`` call or callback is needed; ReCo logs nothing either: it
-returns :class:`ReCoTerms` and the caller logs them
-(:func:`~reco_lightning.reco.mixin.log_reco_terms`).
-
-Queue rows that were never written (a queue starts with random vectors) are left out of
-both terms; a term whose queue holds fewer written rows than one global batch is skipped
-for that step (``ReCoTerms.global_skipped`` / ``local_skipped``), not scored as zero.
+Queue rows never written are left out of both terms; a term whose queue holds fewer
+written rows than one global batch is skipped for the step, not scored as zero.
 """
 
 from __future__ import annotations
@@ -55,11 +46,7 @@ class Embedder(Protocol):
 @dataclass(frozen=True)
 class TrainingProgress:
     """Where training stands, for the warm-up and the teacher's momentum schedule.
-
-    ``step`` counts optimizer steps (``trainer.global_step``); ``None`` means "no Trainer"
-    (a benchmark driving the model by hand): then the weights are the full ones and every
-    call is a new optimizer step.
-    """
+    ``step=None`` means no Trainer: full weights, and every call is a new optimizer step."""
 
     step: int | None = None
     total_steps: int = 0
@@ -69,13 +56,8 @@ class TrainingProgress:
 
 @dataclass
 class ReCoTerms:
-    """What one ReCo call computed.
-
-    ``global_`` and ``local`` are the unweighted terms, ``None`` when skipped (a weight of 0
-    now, or too few written queue rows); ``weighted`` is what to add to the loss.
-    ``w_global``/``w_local`` are the weights used at this step (after the warm-up),
-    ``lam`` the mixing coefficient of the local term.
-    """
+    """What one ReCo call computed: the unweighted terms (``None`` when skipped), their
+    weighted sum to add to the loss, the weights after the warm-up, and the mixing ``lam``."""
 
     global_: Tensor | None
     local: Tensor | None
@@ -86,7 +68,7 @@ class ReCoTerms:
 
     @property
     def global_skipped(self) -> bool:
-        """The global term was due (weight > 0) but its bank held too few written rows."""
+        """The term was due (weight > 0) but its bank held too few written rows."""
         return self.global_ is None and self.w_global > 0
 
     @property
@@ -165,8 +147,8 @@ class ReCo(nn.Module):
     def from_settings(
         cls, settings: ReCoConfig | Mapping[str, Any] | None, embedding_dim: int, owner: nn.Module, **options: Any
     ) -> ReCo | None:
-        """A ReCo, or None when ``settings`` turn ReCo off (``None`` or ``enabled: false``,
-        as Hydra's ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
+        """A ReCo, or None when ``settings`` turn ReCo off (``None``, or ``enabled: false``
+        as ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
         config = ReCoConfig.from_mapping(settings)
         return None if config is None else cls(config, embedding_dim, owner, **options)
 
@@ -180,8 +162,7 @@ class ReCo(nn.Module):
 
     # -- schedules ---------------------------------------------------------------------------
     def weights(self, progress: TrainingProgress) -> tuple[float, float]:
-        """``(w_global, w_local)`` at ``progress``: raised linearly from 0 over
-        ``reco.warmup_epochs``; the full weights without a Trainer."""
+        """``(w_global, w_local)``, raised linearly from 0 over ``reco.warmup_epochs``."""
         config = self.config
         warmup_steps = config.warmup_epochs * progress.steps_per_epoch
         if progress.step is None or warmup_steps <= 0:
@@ -223,8 +204,7 @@ class ReCo(nn.Module):
         Args:
             owner: the model (its ``online_embedding``, and ``target_embedding`` if any).
             strong1, strong2, weak: the two strong views and the weak view of the batch.
-            q1: ``online_embedding(strong1)`` if the method already computed it (saves a
-                pass).
+            q1: ``online_embedding(strong1)`` if the method already computed it.
             k2: the method's ``target_embedding(strong2)``, used when the teacher is the
                 owner's target network; ReCo's own teacher always computes its own.
             negatives: the lent negatives (written rows only, taken before the owner

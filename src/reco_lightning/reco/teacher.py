@@ -1,10 +1,10 @@
 """ReCo's own teacher: an EMA copy of the online network, for methods that have no target.
 
-SimCLR (and a user module without a momentum encoder) has no network to distil from. Using
-the online network itself as the teacher turns ReCo's local term into MoCo with momentum 0,
-whose positive comes from this step's weights and whose negatives from many earlier ones;
-the MoCo paper reports that this fails to train, and on the CIFAR-10 folder it cost SimCLR
-21 kNN points. ReCo therefore keeps a slowly moving copy of its own, as MoCo and BYOL do.
+With the online network as its teacher, ReCo's local term would be MoCo with momentum 0
+(positives from this step's weights, negatives from many earlier ones), which the MoCo
+paper reports fails to train, as it did for SimCLR here (docs/benchmarks.md). So ReCo
+keeps a slowly moving copy of its own for SimCLR and user modules without a momentum
+encoder.
 """
 
 from __future__ import annotations
@@ -34,12 +34,9 @@ class _Call(nn.Module):
 class EMATeacher(nn.Module):
     """Frozen EMA copies of some of a module's children, and the owner's embedding run on them.
 
-    The teacher embedding is the owner's own ``online_embedding`` evaluated with the copies'
-    weights in place of the online ones (``torch.func.functional_call``), so a method
-    writes no second embedding function. The copies are submodules: they move with the
-    module, are saved in checkpoints, and (no ``requires_grad``) stay out of the optimizer.
-    :meth:`update` moves them once per optimizer step, however many micro-batches the
-    step accumulates.
+    The teacher embedding is the owner's own ``online_embedding`` run with the copies'
+    weights (``torch.func.functional_call``), so a method writes no second embedding. The
+    copies are submodules without gradient: saved in checkpoints, out of the optimizer.
 
     >>> import lightning as L
     >>> class Net(L.LightningModule):
