@@ -9,13 +9,6 @@ from reco_lightning.data.datasets import DATASET_CHOICES, DatasetSplits, build_d
 from reco_lightning.data.views import eval_view, strong_view, weak_view
 
 __all__ = [
-    "DATASET_CHOICES",
-    "DatasetSplits",
-    "LabelledDataset",
-    "MultiViewDataset",
-    "SSLDataModule",
-    "build_datasets",
-    "eval_view",
-    "strong_view",
-    "weak_view",
+    "DATASET_CHOICES", "DatasetSplits", "LabelledDataset", "MultiViewDataset", "SSLDataModule",
+    "build_datasets", "eval_view", "strong_view", "weak_view",
 ]

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from reco_lightning.data.datasets import DatasetSplits, build_datasets
+from reco_lightning.data.datasets import DatasetSplits, _positive_int, build_datasets
 from reco_lightning.data import views as _views
 from reco_lightning.data.device_views import DeviceViews
 from reco_lightning.data.samplers import EvalSampler, TrainSampler
@@ -54,10 +54,9 @@ class MultiViewDataset(Dataset):
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        """``index`` alone draws from the global RNG; ``(index, seed)`` (what
-        :class:`~reco_lightning.data.samplers.TrainSampler` yields) draws the views from a
-        generator seeded with ``seed`` and leaves the global RNG untouched, so the views do
-        not depend on worker count, prefetching or where a resumed run restarted."""
+        """``(index, seed)`` (from :class:`~reco_lightning.data.samplers.TrainSampler`) draws the
+        views from ``seed``, leaving the global RNG untouched, so they do not depend on worker
+        count, prefetching or where a resumed run restarted; ``index`` alone uses the global RNG."""
         if isinstance(index, tuple):
             index, seed = index
             with torch.random.fork_rng(devices=[]):
@@ -79,15 +78,10 @@ class MultiViewDataset(Dataset):
 
 
 class InMemoryImages(Dataset):
-    """A base dataset decoded once into a uint8 tensor ``(N, 3, S, S)``, for views drawn on
-    the device (``augment_on=device``): items are ``{"images": (3, S, S) uint8, "label"}``.
+    """A base dataset decoded once, resized and centre-cropped into a uint8 ``(N, 3, S, S)``
+    tensor for views drawn on the device (``augment_on=device``)."""
 
-    Images are resized (shorter side) and centre-cropped to ``S`` once, when stored; for
-    CIFAR-size data stored at their own size this changes nothing.
-    """
-
-    #: refuse to hold more than this in memory
-    MAX_BYTES = 8 * 1024**3
+    MAX_BYTES = 8 * 1024**3  # refuse to hold more than this in memory
 
     def __init__(self, base: Dataset, image_size: int) -> None:
         count = len(base)  # type: ignore[arg-type]
@@ -118,12 +112,8 @@ class InMemoryImages(Dataset):
 
 
 class MaterialisedDataset(Dataset):
-    """The items of a deterministic dataset, made once and kept in memory.
-
-    Evaluation views (and the alignment diagnostic's seeded strong views) are the same on
-    every validation epoch; for small data, remaking them per image each epoch costs as
-    much as the forward passes that use them (docs/benchmarks.md, "The main job").
-    """
+    """The items of a deterministic dataset (eval views, seeded alignment views), made once:
+    remaking them every epoch costs as much as their forward passes (docs/benchmarks.md)."""
 
     def __init__(self, base: Dataset, indices: Sequence[Any]) -> None:
         self.items = [base[index] for index in indices]
@@ -150,24 +140,14 @@ class LabelledDataset(Dataset):
         return self.transform(image), int(label)
 
 
-def _positive_int(value: Any, key: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{key}={value!r} is not a positive integer: {hint}")
-    return value
-
-
 #: deterministic evaluation views that fit in this many bytes are made once and kept
 EVAL_CACHE_BYTES = 64 * 1024**2
 
 
 class PositionedDataLoader(DataLoader):
-    """The training loader, which a mid-epoch resume restarts where the run stopped.
-
-    The position is the data module's (its ``state_dict``: epoch and batches done, given
-    to the sampler), so this loader's own state is empty. Having the ``state_dict`` /
-    ``load_state_dict`` pair tells Lightning the loader resumes correctly; otherwise it
-    warns after every mid-epoch resume that the results may be unreliable.
-    """
+    """The training loader. Its own state is empty (the data module's ``state_dict`` holds the
+    position), but having the ``state_dict``/``load_state_dict`` pair stops Lightning from
+    warning after every mid-epoch resume that the results may be unreliable."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -180,16 +160,11 @@ class SSLDataModule(L.LightningDataModule):
     """Self-supervised data: two strong views (+ optional weak view) and kNN eval loaders.
 
     The splits are built eagerly in ``__init__`` because the model needs ``num_classes``,
-    ``image_size`` and ``train_size`` (e.g. for its schedule or queue size) before
-    ``trainer.fit`` runs ``setup``. ``batch_size`` is **per device**: under DDP with N
-    GPUs the global batch is ``N * batch_size``. The loaders shard the data across ranks
-    themselves (see :mod:`reco_lightning.data.samplers`; build the Trainer with
-    ``use_distributed_sampler=False``), and the module's ``state_dict`` records how far the
-    current epoch got, so a run resumed from a mid-epoch checkpoint continues with the
-    batch it would have seen next.
-
-    Note: because of the eager build, ``download=True`` downloads from every process that
-    constructs the module; download once on a single process before multi-GPU runs.
+    ``image_size`` and ``train_size`` before ``trainer.fit`` runs ``setup``; so
+    ``download=True`` downloads from every process (download once before multi-GPU runs).
+    ``batch_size`` is **per device**. The loaders shard the data across ranks themselves
+    (:mod:`reco_lightning.data.samplers`; build the Trainer with ``use_distributed_sampler=False``)
+    and ``state_dict`` records how far the epoch got, so a mid-epoch resume continues exactly.
     """
 
     def __init__(
@@ -215,15 +190,10 @@ class SSLDataModule(L.LightningDataModule):
         self.batch_size = _positive_int(
             batch_size, "dataset.batch_size", "set dataset.batch_size to the per-device batch, e.g. 128"
         )
-        self.eval_batch_size = (
-            self.batch_size
-            if eval_batch_size is None
-            else _positive_int(
-                eval_batch_size,
-                "dataset.eval_batch_size",
-                "set dataset.eval_batch_size to a positive number or null to reuse dataset.batch_size",
-            )
-        )
+        eval_hint = "set dataset.eval_batch_size to a positive number or null to reuse dataset.batch_size"
+        self.eval_batch_size = self.batch_size
+        if eval_batch_size is not None:
+            self.eval_batch_size = _positive_int(eval_batch_size, "dataset.eval_batch_size", eval_hint)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(
                 f"dataset.num_workers={num_workers!r} is negative or not an integer: set "
@@ -254,13 +224,9 @@ class SSLDataModule(L.LightningDataModule):
             )
 
         # Built now (not per loader call) so they fail early on bad settings.
-        flip = bool(horizontal_flip)
-        self.strong_transform = _views.strong_view(self.image_size, self.mean, self.std, self.crop_scale, flip)
-        self.weak_transform = (
-            _views.weak_view(self.image_size, self.mean, self.std, self.crop_scale, flip)
-            if self.use_weak_view
-            else None
-        )
+        view_args = (self.image_size, self.mean, self.std, self.crop_scale, bool(horizontal_flip))
+        self.strong_transform = _views.strong_view(*view_args)
+        self.weak_transform = _views.weak_view(*view_args) if self.use_weak_view else None
         self.eval_transform = _views.eval_view(self.image_size, self.mean, self.std)
 
         self._resume_point: tuple[int, int] | None = None
@@ -270,9 +236,7 @@ class SSLDataModule(L.LightningDataModule):
                 "loader) or device (whole batches on the training device)"
             )
         self.augment_on = augment_on
-        self.device_views = (
-            DeviceViews(self.image_size, self.mean, self.std, self.crop_scale, flip) if augment_on == "device" else None
-        )
+        self.device_views = DeviceViews(*view_args) if augment_on == "device" else None
         self._in_memory: InMemoryImages | None = None
         self._eval_cache: dict[str, MaterialisedDataset] = {}
 

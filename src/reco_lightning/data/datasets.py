@@ -51,20 +51,14 @@ IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
 #: own size (CIFAR-like data) and resizes anything larger to the ImageNet default 224.
 SMALL_IMAGE_MAX = 64
 LARGE_IMAGE_SIZE = 224
-#: ``imagefolder`` with ``image_size=None`` reads the headers of at most this many training
-#: images, spread evenly over the sorted file list, to infer the size (see
-#: :func:`infer_image_size`): enough that a few stray files cannot decide it, few enough that
-#: start-up stays instant on a network drive.
+#: At most this many training image headers are read to infer the size (:func:`infer_image_size`):
+#: enough that a few stray files cannot decide it, few enough to stay instant on a network drive.
 SIZE_SAMPLE = 256
 
 
 @dataclass
 class DatasetSplits:
-    """The two labelled splits plus what the model and the views need to know about them.
-
-    ``num_classes`` sizes the linear probe and kNN voting, ``image_size`` sets the view
-    pipelines (and the backbone's stem choice), ``mean``/``std`` normalise the views.
-    """
+    """The two labelled splits plus what the model and the views need to know about them."""
 
     train: Dataset
     val: Dataset
@@ -127,9 +121,7 @@ def _upsample_digits(raw: np.ndarray, image_size: int) -> np.ndarray:
     """
     images = torch.from_numpy(raw.astype(np.float32) * (255.0 / 16.0)).view(-1, 1, 8, 8)
     if image_size != 8:
-        images = F.interpolate(
-            images, size=(image_size, image_size), mode="bilinear", align_corners=False
-        )
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return images.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
 
 
@@ -149,25 +141,15 @@ def _build_digits(image_size: int | None, val_fraction: float, seed: int) -> Dat
     # Stratified so every class appears in both splits in its natural proportion, and
     # seeded so the kNN/linear numbers of two runs are measured on the same images.
     train_idx, val_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=float(val_fraction),
-        stratify=labels,
-        random_state=seed,
-        shuffle=True,
+        np.arange(len(labels)), test_size=float(val_fraction), stratify=labels, random_state=seed
     )
     train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
     # Statistics of the train split only (no peeking at val); gray, so equal per channel.
     pixels = images[train_idx].astype(np.float64) / 255.0
     mean, std = float(pixels.mean()), float(pixels.std())
-    return DatasetSplits(
-        train=DigitsDataset(images[train_idx], labels[train_idx]),
-        val=DigitsDataset(images[val_idx], labels[val_idx]),
-        num_classes=10,
-        image_size=size,
-        mean=(mean, mean, mean),
-        std=(std, std, std),
-        name="digits",
-    )
+    train = DigitsDataset(images[train_idx], labels[train_idx])
+    val = DigitsDataset(images[val_idx], labels[val_idx])
+    return DatasetSplits(train, val, 10, size, (mean, mean, mean), (std, std, std), "digits")
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -194,25 +176,17 @@ def _torchvision_split(name: str, root: str, download: bool, factory: Any, **kwa
         ) from err
 
 
-def _build_torchvision(
-    name: str, root: str | None, image_size: int | None, download: bool
-) -> DatasetSplits:
+def _build_torchvision(name: str, root: str | None, image_size: int | None, download: bool) -> DatasetSplits:
     root = "data" if root is None else str(root)
-    if name in ("cifar10", "cifar100"):
-        factory = CIFAR10 if name == "cifar10" else CIFAR100
-        train = _torchvision_split(name, root, download, factory, train=True)
-        val = _torchvision_split(name, root, download, factory, train=False)
-        num_classes = 10 if name == "cifar10" else 100
-        default_size = 32
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-    else:  # stl10
-        # The labelled "train" split (5,000 images) so kNN/linear monitoring has labels;
-        # the 100k "unlabeled" split would suit pre-training but is not used by default.
-        train = _torchvision_split(name, root, download, STL10, split="train")
-        val = _torchvision_split(name, root, download, STL10, split="test")
-        num_classes = 10
-        default_size = 96
-        mean, std = STL10_MEAN, STL10_STD
+    # STL-10 uses its labelled "train" split (5,000 images) so kNN/linear monitoring has labels;
+    # the 100k "unlabeled" split would suit pre-training but is not used by default.
+    factory, train_kw, val_kw, num_classes, default_size, mean, std = {
+        "cifar10": (CIFAR10, {"train": True}, {"train": False}, 10, 32, CIFAR10_MEAN, CIFAR10_STD),
+        "cifar100": (CIFAR100, {"train": True}, {"train": False}, 100, 32, CIFAR100_MEAN, CIFAR100_STD),
+        "stl10": (STL10, {"split": "train"}, {"split": "test"}, 10, 96, STL10_MEAN, STL10_STD),
+    }[name]
+    train = _torchvision_split(name, root, download, factory, **train_kw)
+    val = _torchvision_split(name, root, download, factory, **val_kw)
     size = default_size if image_size is None else _check_image_size(image_size)
     return DatasetSplits(train, val, num_classes, size, mean, std, name)
 
@@ -228,9 +202,7 @@ class ImageFolderSplit(ImageFolder):
 
     def __init__(self, root: str | Path, class_to_idx: dict[str, int] | None = None) -> None:
         self._fixed_classes = dict(class_to_idx) if class_to_idx is not None else None
-        super().__init__(
-            str(root), loader=load_rgb_image, allow_empty=class_to_idx is not None
-        )
+        super().__init__(str(root), loader=load_rgb_image, allow_empty=class_to_idx is not None)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         classes, mapping = super().find_classes(directory)
@@ -247,22 +219,15 @@ class ImageFolderSplit(ImageFolder):
 
 
 def _training_size(width: int, height: int) -> int:
-    """The side length one image of ``width x height`` pixels asks to be trained at.
-
-    The shorter side, because the views resize the shorter side and crop a square (a 20x24
-    image trains at 20 px without upsampling); sides above :data:`SMALL_IMAGE_MAX` map to
-    :data:`LARGE_IMAGE_SIZE`, so photos of many sizes all agree on the ImageNet default.
-    """
+    """The shorter side, as the views resize it and crop a square; sides above
+    :data:`SMALL_IMAGE_MAX` map to :data:`LARGE_IMAGE_SIZE`, so photos of many sizes agree."""
     short = min(width, height)
     return short if short <= SMALL_IMAGE_MAX else LARGE_IMAGE_SIZE
 
 
 def _evenly_spaced(count: int, limit: int) -> list[int]:
-    """``min(count, limit)`` distinct indices spread evenly over ``range(count)``, from 0.
-
-    Evenly spaced rather than the first files: the sorted list is grouped by class, so the
-    head of it would sample one class (and whatever oddly named file sorts first) only.
-    """
+    """``min(count, limit)`` indices spread evenly over ``range(count)``: the sorted file list is
+    grouped by class, so its head would sample one class (and whatever odd file sorts first)."""
     taken = min(count, limit)
     return [index * count // taken for index in range(taken)]
 
@@ -273,20 +238,14 @@ def _is_rank_zero() -> bool:
 
 
 def infer_image_size(paths: Sequence[str], limit: int = SIZE_SAMPLE) -> int:
-    """Infer the training image size of an image folder from a sample of its files.
+    """Infer the training image size of an image folder by a vote of a sample of its files.
 
-    Why a sample and a vote: deciding from one file let a single stray image (a 1x1
-    tracking pixel that sorted first) train a whole run at 1 px. The headers of up to
-    ``limit`` files, spread evenly over ``paths`` (the sorted training files), are read --
-    ``Image.open(...).size`` parses the header only and decodes no pixels, so this is quick.
-    Each image votes for :func:`_training_size` (the shorter side, or 224 for images larger
-    than 64 px) and the most common vote wins; on a tie the **larger** size wins, since
-    training below an image's size throws detail away while training above it only
-    upsamples. Files that cannot be read are skipped here (they raise
-    :class:`ImageLoadError` naming the file when training reads them).
-
-    On rank 0 prints one line with the inferred size, and warns (one line) when sampled
-    images would have trained at another size, naming how many and one of them.
+    A vote, because deciding from one file let a single stray image (a 1x1 tracking pixel
+    that sorted first) train a whole run at 1 px. The headers (no pixels) of up to ``limit``
+    files spread over ``paths`` are read; each votes for :func:`_training_size` and the most
+    common vote wins, the **larger** size on a tie (training below an image's size throws
+    detail away, above it only upsamples). Unreadable files are skipped here (training
+    reports them). On rank 0 prints the size and warns when sampled images disagree.
 
     Raises:
         ImageLoadError: none of the sampled files could be read.
@@ -343,42 +302,39 @@ def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplit
     if eval_dir is None:
         raise ConfigError(f"dataset.root='{root}' has neither a val/ nor a test/ subfolder: {layout}")
 
-    def no_images(folder: Path, err: Exception | str) -> ConfigError:
-        return ConfigError(
-            f"dataset.root='{root}': {folder.name}/ holds no images ({err}): put each class's "
-            f"images in its own subfolder, e.g. {folder.name}/<class>/img.png"
-        )
+    def load(folder: Path, class_to_idx: dict[str, int] | None = None) -> ImageFolderSplit:
+        try:
+            split = ImageFolderSplit(folder, class_to_idx)
+            if len(split) == 0:  # only val/test may have empty class folders
+                raise FileNotFoundError("no image files in its class folders")
+        except FileNotFoundError as err:  # no class folders, or a class folder without images
+            raise ConfigError(
+                f"dataset.root='{root}': {folder.name}/ holds no images ({err}): put each class's "
+                f"images in its own subfolder, e.g. {folder.name}/<class>/img.png"
+            ) from err
+        return split
 
-    try:
-        train = ImageFolderSplit(train_dir)
-    except FileNotFoundError as err:  # no class folders, or a class folder without images
-        raise no_images(train_dir, err) from err
-    try:
-        val = ImageFolderSplit(eval_dir, class_to_idx=train.class_to_idx)
-    except FileNotFoundError as err:
-        raise no_images(eval_dir, err) from err
-    if len(val) == 0:
-        raise no_images(eval_dir, "no image files in its class folders")
-
+    train = load(train_dir)
+    val = load(eval_dir, train.class_to_idx)
     if image_size is None:
         size = infer_image_size([path for path, _ in train.samples])
     else:
         size = _check_image_size(image_size)  # the user's choice: no file is read
     # ImageNet statistics always: user folders have no published statistics and scanning
     # them would slow start-up; normalisation only needs to be roughly right.
-    return DatasetSplits(
-        train, val, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, "imagefolder"
-    )
+    return DatasetSplits(train, val, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, "imagefolder")
 
 
 # --------------------------------------------------------------------------- entry point
+def _positive_int(value: Any, key: str, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}={value!r} is not a positive integer: {hint}")
+    return value
+
+
 def _check_image_size(image_size: Any) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ConfigError(
-            f"dataset.image_size={image_size!r} is not a positive integer: set "
-            "dataset.image_size to the side length in pixels, or null for the dataset default"
-        )
-    return image_size
+    hint = "set dataset.image_size to the side length in pixels, or null for the dataset default"
+    return _positive_int(image_size, "dataset.image_size", hint)
 
 
 def build_datasets(
@@ -413,11 +369,6 @@ def build_datasets(
 
 
 __all__ = [
-    "DATASET_CHOICES",
-    "DatasetSplits",
-    "DigitsDataset",
-    "ImageFolderSplit",
-    "build_datasets",
-    "infer_image_size",
-    "load_rgb_image",
+    "DATASET_CHOICES", "DatasetSplits", "DigitsDataset", "ImageFolderSplit", "build_datasets",
+    "infer_image_size", "load_rgb_image",
 ]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from reco_lightning.data.datasets import _positive_int
 from reco_lightning.errors import ConfigError
 
 #: Below this size blur is skipped: on 32 px CIFAR-like images a blur kernel of a few
@@ -34,28 +35,19 @@ DEFAULT_CROP_SCALE: tuple[float, float] = (0.2, 1.0)
 
 def _check_size(image_size: int) -> int:
     """Reject sizes that would build a pipeline failing only at the first batch."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ConfigError(
-            f"dataset.image_size={image_size!r} is not a positive integer: "
-            "set dataset.image_size to the side length in pixels, e.g. 32"
-        )
-    return image_size
+    hint = "set dataset.image_size to the side length in pixels, e.g. 32"
+    return _positive_int(image_size, "dataset.image_size", hint)
 
 
 def _check_scale(crop_scale: Sequence[float]) -> tuple[float, float]:
     """Validate the RandomResizedCrop area range so a typo fails before training."""
+    fix = "set dataset.crop_scale to [min, max] with 0 < min <= max <= 1, e.g. [0.2, 1.0]"
     try:
         low, high = (float(v) for v in crop_scale)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"dataset.crop_scale={crop_scale!r} is not a pair of numbers: "
-            "set dataset.crop_scale to [min, max] with 0 < min <= max <= 1, e.g. [0.2, 1.0]"
-        ) from None
+        raise ConfigError(f"dataset.crop_scale={crop_scale!r} is not a pair of numbers: {fix}") from None
     if not 0.0 < low <= high <= 1.0:
-        raise ConfigError(
-            f"dataset.crop_scale={crop_scale!r} is out of range: "
-            "set dataset.crop_scale to [min, max] with 0 < min <= max <= 1, e.g. [0.2, 1.0]"
-        )
+        raise ConfigError(f"dataset.crop_scale={crop_scale!r} is out of range: {fix}")
     return low, high
 
 
@@ -124,20 +116,11 @@ def weak_view(
     return _finish([_crop(image_size, crop_scale)], horizontal_flip, mean, std)
 
 
-def eval_view(
-    image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> Callable[[Any], torch.Tensor]:
+def eval_view(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Any], torch.Tensor]:
     """Deterministic view for evaluation: resize the shorter side, centre crop, normalise."""
     size = _check_size(image_size)
     steps: list[Any] = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     return v2.Compose(steps + _to_tensor(mean, std))
 
 
-__all__ = [
-    "BLUR_MIN_SIZE",
-    "DEFAULT_CROP_SCALE",
-    "blur_kernel_size",
-    "eval_view",
-    "strong_view",
-    "weak_view",
-]
+__all__ = ["BLUR_MIN_SIZE", "DEFAULT_CROP_SCALE", "blur_kernel_size", "eval_view", "strong_view", "weak_view"]
