@@ -1,11 +1,8 @@
 """``python -m reco_lightning +method=moco +reco=on``: the Hydra entry point.
 
-Before Hydra starts, the command line is checked for what Hydra would otherwise report
-with a traceback or a misleading hint: a run directory that cannot be written, one that
-already holds a run (Hydra would overwrite its ``.hydra/`` record), and a misspelt key
-(Hydra's struct error says to add it with ``+``). After the job, a run directory that this
-job created but did not use (a failed start, or a resume that continued elsewhere) is
-removed.
+Before Hydra starts, :mod:`reco_lightning.cli_checks` checks the command line for what
+Hydra would report badly. After the job, a run directory that this job created but did not
+use (a failed start, or a resume that continued elsewhere) is removed.
 """
 
 from __future__ import annotations

@@ -48,11 +48,8 @@ class CheckpointOnSignal(Callback):
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.received = signum
-        print(
-            f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
+              file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, after Lightning registered its own SIGTERM handler, and replacing
@@ -62,16 +59,13 @@ class CheckpointOnSignal(Callback):
         for signum in HANDLED_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous.items():
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum, handler in self._previous.items():  # the handlers from before on_train_start
             signal.signal(signum, handler)
         self._previous = {}
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
+        self.on_train_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches_that_stepped": self._saving_step}
@@ -107,12 +101,8 @@ class CheckpointOnSignal(Callback):
             self._saving_step = None
         if trainer.is_global_zero:
             os.replace(partial, self.path)
-            print(
-                f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
-                "continue with resume=auto (and the same hydra.run.dir)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
+                  "continue with resume=auto (and the same hydra.run.dir)", file=sys.stderr, flush=True)
         trainer.strategy.barrier("checkpoint-on-signal")
         raise SystemExit(128 + signum)
 
@@ -129,21 +119,18 @@ class TrainingClock(Callback):
         self.seconds = 0.0
         self._started: float | None = None
 
-    def _start(self) -> None:
-        self._started = time.perf_counter()
-
     def _stop(self) -> None:
         if self._started is not None:
             self.seconds += time.perf_counter() - self._started
             self._started = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start()
+        self._started = time.perf_counter()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         # Lightning skips on_train_epoch_start when it resumes inside an epoch
         if self._started is None:
-            self._start()
+            self._started = time.perf_counter()
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
@@ -151,7 +138,7 @@ class TrainingClock(Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._start()
+            self._started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop()

@@ -1,13 +1,9 @@
 """Reading checkpoints with an error a user can act on.
 
 An interrupted copy or a full disk leaves a truncated ``.ckpt``; ``torch.load`` then fails
-deep inside its zip or pickle reader with a message that does not name the file
-(``PytorchStreamReader failed reading zip archive``, ``Invalid argument``, ``Ran out of
-input``...). :func:`read_checkpoint` turns every such failure into one
-:class:`~reco_lightning.errors.ConfigError` that names the file and suggests another
-checkpoint of the same run, and checks that what it read is a Lightning training
-checkpoint at all. ``python -m reco_lightning.eval`` reads its checkpoint through it;
-resuming a run can too.
+deep inside its zip or pickle reader with a message that does not name the file.
+:func:`read_checkpoint` (used by ``python -m reco_lightning.eval`` and by resume) names
+the file instead and suggests another checkpoint of the same run.
 """
 
 from __future__ import annotations
@@ -46,9 +42,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The contents of the training checkpoint at ``path``, on the CPU.
 
     Raises:
-        ConfigError: the file cannot be unpickled (truncated, corrupt, not a checkpoint),
-            or it holds something other than a Lightning checkpoint with ``state_dict``
-            and ``hyper_parameters``. The message is one line naming the file.
+        ConfigError: (one line naming the file) it cannot be unpickled, or it is not a
+            Lightning checkpoint with ``state_dict`` and ``hyper_parameters``.
     """
     path = Path(path)
     try:

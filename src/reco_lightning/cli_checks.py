@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, RecoLightningError, one_line
-from .run_dir import check_fresh, holds_run, probe_run_dir, wants_resume
+from .run_dir import check_fresh, probe_run_dir, wants_resume
 
 #: Hydra's message for an override of a key that the composed config does not have
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
@@ -45,7 +45,7 @@ def check_overrides(argv: Sequence[str]) -> None:
     overrides = [arg for arg in argv if "=" in arg]
     run_dir = _value(overrides, "hydra.run.dir")
     probe_run_dir(run_dir or "outputs")
-    if run_dir is not None and holds_run(Path(run_dir).expanduser()) and not wants_resume(_value(overrides, "resume")):
+    if run_dir is not None and not wants_resume(_value(overrides, "resume")):
         check_fresh(Path(run_dir).expanduser())
     check_keys([o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])
 

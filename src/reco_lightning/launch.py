@@ -1,17 +1,13 @@
 """Starting the other local ranks of a DDP run without Hydra in them.
 
-Lightning starts ranks 1..N-1 of a DDP run by re-running the script with its command line.
-Under Hydra that re-runs Hydra too: each rank makes its own output directory, and inside a
-multirun sweep (``-m``) each rank re-launches the *whole sweep*, which leaves stray
-directories or hangs. Instead, rank 0 (the process Hydra started) writes the job's resolved
-config into its run directory and starts the other ranks as
-``python -m reco_lightning.worker CONFIG RUN_DIR`` with ``LOCAL_RANK`` set. They train in
-rank 0's run directory and write nothing of their own; Lightning sees ``LOCAL_RANK`` and
-takes the processes as created externally. After the job the process group is torn down,
-so the next job of a sweep starts a fresh one.
-
-Processes started by torchrun or SLURM (``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` set)
-are left alone: each of them runs the command itself.
+Lightning starts ranks 1..N-1 of a DDP run by re-running the script with its command line;
+under Hydra each rank would make its own output directory, and inside a multirun sweep
+(``-m``) re-launch the *whole sweep*. Instead, rank 0 (the process Hydra started) writes the
+job's resolved config into its run directory and starts the other ranks as
+``python -m reco_lightning.worker CONFIG RUN_DIR`` with ``LOCAL_RANK`` set, which Lightning
+takes as processes created externally; they write nothing of their own. After the job the
+process group is torn down, so the next job of a sweep starts a fresh one. Processes
+started by torchrun or SLURM (``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` set) are left alone.
 """
 
 from __future__ import annotations
@@ -53,11 +49,8 @@ def _needs_local_ranks(trainer: L.Trainer) -> bool:
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     launcher = getattr(trainer.strategy, "launcher", None)
-    return (
-        isinstance(launcher, _SubprocessScriptLauncher)
-        and trainer.num_devices > 1
-        and not started_by_launcher()
-    )
+    needed = isinstance(launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
+    return needed and not started_by_launcher()
 
 
 def _watch(children: list[subprocess.Popen], stop: threading.Event) -> None:
@@ -95,14 +88,11 @@ def local_ranks(trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> Iterat
         LOCAL_RANK="0",
         RECO_LOCAL_WORLD_SIZE=str(trainer.num_devices),
     )
-    children = []
-    for local_rank in range(1, trainer.num_devices):
-        env = dict(os.environ, LOCAL_RANK=str(local_rank))
-        command = [sys.executable, "-m", "reco_lightning.worker", str(config_path), str(output_dir)]
-        children.append(subprocess.Popen(command, env=env))
+    command = [sys.executable, "-m", "reco_lightning.worker", str(config_path), str(output_dir)]
+    children = [subprocess.Popen(command, env=dict(os.environ, LOCAL_RANK=str(local_rank)))
+                for local_rank in range(1, trainer.num_devices)]
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(children, stop), daemon=True)
-    watcher.start()
+    threading.Thread(target=_watch, args=(children, stop), daemon=True).start()
     try:
         yield
         stop.set()

@@ -2,11 +2,10 @@
 point to the last epoch.
 
 Lightning's CSV logger deletes ``metrics.csv`` when it starts in a directory that has one,
-so after ``resume=...`` the file began at the resume point and ``training_curves.png``
-started late. Here the logger keeps the rows it has recorded, the :class:`MetricsHistory`
-callback saves them in each checkpoint, and on resume the rows come back before any new
-one is logged. Rows written after the checkpoint (a run killed between two checkpoints)
-are left out, since the resumed run logs those steps again: each row appears once.
+so after ``resume=...`` the file (and ``training_curves.png``) began at the resume point.
+Here the :class:`MetricsHistory` callback saves the logger's rows in each checkpoint and
+restores them before any new one is logged. Rows written after the checkpoint are left
+out, since the resumed run logs those steps again.
 
 >>> logger = CSVHistoryLogger(save_dir="run", name="", version="")
 >>> callbacks = [MetricsHistory(logger)]  # Trainer(logger=logger, callbacks=callbacks)

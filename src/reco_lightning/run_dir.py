@@ -20,6 +20,7 @@ A cluster job is pre-empted and rerun every day, so these rules decide what a re
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,10 +42,7 @@ STRATEGY_KEYS = ("strategy", "accelerator", "devices", "num_nodes", "sync_batchn
 def holds_run(path: Path) -> list[str]:
     """The files in ``path`` that show it holds a run (empty when it holds none)."""
     found = [name for name in RUN_FILES if (path / name).is_file()]
-    checkpoints = path / "checkpoints"
-    if checkpoints.is_dir():
-        found += [f"checkpoints/{c.name}" for c in sorted(checkpoints.glob("*.ckpt"))]
-    return found
+    return found + [f"checkpoints/{c.name}" for c in sorted((path / "checkpoints").glob("*.ckpt"))]
 
 
 def check_fresh(output_dir: Path) -> None:
@@ -62,9 +60,7 @@ def check_writable(output_dir: Path) -> None:
     """Fail now, with the path, if the run could not save its checkpoints later."""
     for folder in (output_dir, output_dir / "checkpoints"):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
+            _write_test(folder)
         except OSError as error:
             raise ConfigError(
                 f"cannot write into {folder} ({error.strerror or error}): the run could not save its "
@@ -111,15 +107,12 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def config_for_resume(
-    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None, resume_arg: Any
-) -> DictConfig:
-    """The config of a run that continues in ``run_dir``: its stored ``config.yaml``, with
-    the command line's settings on top.
-
-    ``overrides`` are the command line's (Hydra's ``overrides.task``); with ``None`` (a call
-    from Python with a whole config) ``cfg`` is used as given. Either way, a method, ReCo
-    setting or dataset other than the stored run's is refused.
+def config_for_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None,
+                      resume_arg: Any) -> DictConfig:
+    """The config of a run that continues in ``run_dir``: its stored ``config.yaml`` with the
+    command line's ``overrides`` (Hydra's ``overrides.task``) on top, or ``cfg`` as given when
+    they are ``None`` (a call from Python). Either way, a method, ReCo setting or dataset
+    other than the stored run's is refused.
     """
     stored = OmegaConf.load(run_dir / "config.yaml")
     assert isinstance(stored, DictConfig)
@@ -142,17 +135,13 @@ def config_for_resume(
     OmegaConf.set_struct(merged, False)
     for override in overrides:
         key = _override_key(override)
-        if key.startswith("hydra") or any(key == group for group, _ in IDENTITY):
-            continue
         if key == "strategy":
             for name in STRATEGY_KEYS:
                 if name in cfg.trainer:
                     OmegaConf.update(merged, f"trainer.{name}", cfg.trainer[name], merge=False)
-            continue
-        if override.startswith("~"):
-            OmegaConf.update(merged, key, None, merge=False)
-            continue
-        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+        elif not key.startswith("hydra") and not any(key == group for group, _ in IDENTITY):
+            value = None if override.startswith("~") else OmegaConf.select(cfg, key)
+            OmegaConf.update(merged, key, value, merge=False)
     with open_dict(merged):
         merged.resume = cfg.get("resume")
     OmegaConf.set_struct(merged, True)
@@ -168,17 +157,9 @@ def hydra_files_only(path: Path) -> bool:
 
 def remove_if_unused(path: Path) -> None:
     """Remove a run directory this job created and left without a checkpoint."""
-    import shutil
-
     if path.is_dir() and not any(path.glob("checkpoints/*.ckpt")):
         shutil.rmtree(path, ignore_errors=True)
-        parent = path.parent
-        for _ in range(2):  # outputs/DATE/TIME: DATE too, once empty
-            try:
-                parent.rmdir()
-            except OSError:
-                break
-            parent = parent.parent
+        _remove_empty(path.parent, levels=2)  # outputs/DATE/TIME: DATE too, once empty
 
 
 def probe_run_dir(run_dir: str) -> None:
@@ -194,20 +175,24 @@ def probe_run_dir(run_dir: str) -> None:
         problem = f"{existing} is not writable"
     else:
         try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
+            _write_test(path)
         except OSError as error:
             problem = error.strerror or str(error)
-        finally:
-            if path.is_dir() and path != existing and not any(path.iterdir()):
-                _remove_created(path, existing)
+        finally:  # the folders this test created
+            _remove_empty(path, levels=len(path.relative_to(existing).parts))
     if problem:
         raise ConfigError(f"hydra.run.dir={run_dir} cannot be written ({problem}): choose a writable directory")
 
 
-def _remove_created(path: Path, existing: Path) -> None:
-    while path != existing:
+def _write_test(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+        pass
+
+
+def _remove_empty(path: Path, levels: int) -> None:
+    """Remove ``path`` and its parents while they are empty, ``levels`` folders at most."""
+    for _ in range(levels):
         try:
             path.rmdir()
         except OSError:

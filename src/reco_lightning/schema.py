@@ -1,19 +1,12 @@
 """The config schema: one dataclass per config group, registered in Hydra's ConfigStore.
 
-The schema is the single source of each group's keys, types and defaults. Hydra composes
+The schema is the single source of each group's keys, types and defaults: Hydra composes
 the YAML presets on top of it, so a misspelt key or a value of the wrong type fails while
-the config is composed, and the presets state only what differs from the schema.
-
-* ``backbone``, ``optimizer`` and ``knn`` are written out below; each field names the
-  method argument it feeds (:func:`method_arguments`), so a method is built from the
-  config without a hand-kept list of keyword arguments.
-* ``method``, ``dataset``, ``trainer`` and ``reco`` are read off the constructor that the
-  group configures (a method class, :class:`~reco_lightning.data.SSLDataModule`, Lightning's
-  ``Trainer``, :class:`~reco_lightning.reco.ReCoConfig`): their keyword arguments, with
-  types and defaults, are the keys. A new method gets its schema from its ``__init__``.
-
-Value checks stay with the object a group builds (one place each: the method, the
-DataModule, the Trainer, ``ReCoConfig``, ``build_backbone``, ``check_optimizer``), so the
+the config is composed, and the presets state only what differs. ``backbone``,
+``optimizer`` and ``knn`` are written out below, each field naming the method argument it
+feeds (:func:`method_arguments`: no hand-kept list of keyword arguments); the other groups
+are read off the constructor they configure (:func:`schema_of`), so a new method gets its
+schema from its ``__init__``. Value checks stay with the object a group builds, so the
 Python API checks the same values as the CLI.
 
 >>> from omegaconf import OmegaConf
@@ -104,10 +97,8 @@ def _config_type(hint: Any) -> Any:
     return Any
 
 
-def schema_of(
-    target: Callable[..., Any], schema_name: str, skip: tuple[str, ...] = (), required: tuple[str, ...] = (),
-    **extra: Any,
-) -> type:
+def schema_of(target: Callable[..., Any], schema_name: str, skip: tuple[str, ...] = (),
+              required: tuple[str, ...] = (), **extra: Any) -> type:
     """A dataclass of ``target``'s keyword arguments (keys, enforceable types, defaults),
     without ``skip``, with no default for ``required`` (a preset must set them; a ``???``
     in YAML cannot take a default away) and with the ``extra`` fields (name -> default) first."""
@@ -129,14 +120,12 @@ def schema_of(
 
 #: keyword arguments of the Trainer that the run sets itself
 TRAINER_OWN = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins")
-DatasetSchema = schema_of(
-    SSLDataModule, "DatasetSchema", skip=("weak_view", "seed"), required=("name", "root"), queue_size=4096
-)
+DatasetSchema = schema_of(SSLDataModule, "DatasetSchema", skip=("weak_view", "seed"),
+                          required=("name", "root"), queue_size=4096)
 TrainerSchema = schema_of(L.Trainer, "TrainerSchema", skip=TRAINER_OWN)
 ReCoSchema = schema_of(ReCoConfig, "ReCoSchema", enabled=True)
-METHOD_SCHEMAS: dict[str, type] = {
-    name: schema_of(cls, f"{cls.__name__}Schema", name=name) for name, cls in METHODS.items()
-}
+METHOD_SCHEMAS: dict[str, type] = {name: schema_of(cls, f"{cls.__name__}Schema", name=name)
+                                   for name, cls in METHODS.items()}
 
 
 @dataclass
@@ -157,9 +146,7 @@ class RunConfig:
 
 
 def register() -> None:
-    """Store the schema in Hydra's ConfigStore: ``run_schema`` (the top),
-    ``schema/dataset``, ``schema/reco`` and ``schema/method/<name>``, which the presets
-    name in their defaults lists."""
+    """Store the schema in Hydra's ConfigStore, under the names the presets' defaults lists use."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     store.store(group="schema", name="dataset", node=DatasetSchema)
@@ -180,11 +167,8 @@ def reject_added_keys(cfg: DictConfig) -> None:
 
 def method_arguments(cfg: DictConfig) -> dict[str, Any]:
     """The shared keyword arguments of a method, read off the groups' schema fields."""
-    arguments = {}
-    for group, schema in SHARED_GROUPS.items():
-        for spec in dataclasses.fields(schema):
-            arguments[spec.metadata["argument"]] = cfg[group][spec.name]
-    return arguments
+    return {spec.metadata["argument"]: cfg[group][spec.name]
+            for group, schema in SHARED_GROUPS.items() for spec in dataclasses.fields(schema)}
 
 
 __all__ = [

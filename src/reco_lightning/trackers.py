@@ -2,9 +2,7 @@
 
 Each tracker is a Lightning logger built from its config node with ``hydra.utils.instantiate``
 (``_target_`` names the class), beside the CSV log that every run writes. A tracker whose
-package is not installed stops the run before training with one line naming the extra
-that provides it. The run's config is logged to every tracker as hyperparameters, and its
-summary as ``summary/*`` metrics at the end.
+package is not installed stops the run before training with one line naming its extra.
 
 >>> from omegaconf import OmegaConf
 >>> build_trackers(OmegaConf.create({}), "/tmp/run")   # logger=csv: no tracker beside the CSV log
@@ -32,10 +30,6 @@ TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def _installed(modules: tuple[str, ...]) -> bool:
-    return any(importlib.util.find_spec(module) is not None for module in modules)
-
-
 def _run_settings(name: str, settings: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """Where a tracker writes, inside the run directory unless the user said otherwise."""
     if name == "mlflow":  # a local store (MLflow 3 retires its plain-file store): SQLite
@@ -43,8 +37,8 @@ def _run_settings(name: str, settings: dict[str, Any], output_dir: Path) -> dict
             settings["tracking_uri"] = f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
         if not settings.get("artifact_location"):
             settings["artifact_location"] = (output_dir / "mlartifacts").resolve().as_uri()
-        return settings
-    settings.setdefault("save_dir", str(output_dir))
+    else:
+        settings.setdefault("save_dir", str(output_dir))
     return settings
 
 
@@ -57,7 +51,7 @@ def build_trackers(loggers: DictConfig | Mapping[str, Any] | None, output_dir: s
         if name not in TRACKERS:
             raise ConfigError(f"logger.{name} is not a tracker this package knows: choose from {sorted(TRACKERS)}")
         modules, extra = TRACKERS[name]
-        if not _installed(modules):
+        if all(importlib.util.find_spec(module) is None for module in modules):
             raise ConfigError(
                 f"logger={name} needs the {modules[0]} package: pip install \"reco_lightning[{extra}]\""
             )

@@ -41,6 +41,8 @@ from .utils.optim import check_optimizer
 
 #: dataset keys that describe the data but are not DataModule arguments
 DATASET_HINT_KEYS = {"queue_size"}
+#: points of the t-SNE map drawn at the end of training
+MAP_POINTS = 1500
 
 
 def require_method(cfg: DictConfig) -> str:
@@ -75,47 +77,32 @@ def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | Non
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
     loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
     checkpoints = ModelCheckpoint(
-        dirpath=str(output_dir / "checkpoints"),
-        filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val/knn_acc",
-        mode="max",
-        save_last=True,
+        dirpath=str(output_dir / "checkpoints"), filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
+        auto_insert_metric_name=False, monitor="val/knn_acc", mode="max", save_last=True,
         # one run per directory: last.ckpt is this run's, also after the directory was moved
         # (Lightning would otherwise write last-v1.ckpt beside it and resume=auto take the old one)
         enable_version_counter=False,
     )
-    callbacks = [
-        checkpoints,
-        CheckpointOnSignal(output_dir / "checkpoints"),
-        TrainingClock(),
-        MetricsHistory(csv_log),
-        LearningRateMonitor(logging_interval="epoch"),
-        *(extra_callbacks or []),
-    ]
+    callbacks = [checkpoints, CheckpointOnSignal(output_dir / "checkpoints"), TrainingClock(),
+                 MetricsHistory(csv_log), LearningRateMonitor(logging_interval="epoch"),
+                 *(extra_callbacks or [])]
     if settings.get("enable_progress_bar", True):
         callbacks.append(EpochProgressBar())
+    # use_distributed_sampler=False: the DataModule shards across ranks itself (exact validation sets,
+    # resumable epochs)
     try:
-        return L.Trainer(
-            **settings,
-            logger=loggers,
-            callbacks=callbacks,
-            default_root_dir=str(output_dir),
-            # the DataModule shards across ranks itself: exact validation sets, resumable epochs
-            use_distributed_sampler=False,
-        )
+        return L.Trainer(**settings, logger=loggers, callbacks=callbacks, default_root_dir=str(output_dir),
+                         use_distributed_sampler=False)
     except (ValueError, TypeError, MisconfigurationException) as error:
         # Lightning checks the values of trainer.* (precision, devices, strategy ...) itself
         reason = " ".join(str(error).split())
         raise ConfigError(f"Lightning refused the trainer settings: {reason} (see trainer.* on the command line)") from None
 
 
-def build_method(
-    cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer, reco: dict[str, Any] | None
-) -> SSLMethod:
+def build_method(cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer,
+                 reco: dict[str, Any] | None) -> SSLMethod:
     name = require_method(cfg)
-    method_settings = as_dict(cfg.method, "method")
-    method_settings.pop("name")
+    method_settings = {key: value for key, value in as_dict(cfg.method, "method").items() if key != "name"}
     arguments = method_arguments(cfg)
     check_optimizer(arguments["optimizer"], arguments["optimizer_kernel"])
     if arguments["small_stem"] == "auto":
@@ -133,9 +120,8 @@ def build_method(
     return METHODS[name](num_classes=datamodule.num_classes, reco=reco, **arguments, **method_settings)
 
 
-def train(
-    cfg: DictConfig, output_dir: Path, callbacks: list | None = None, overrides: list[str] | None = None
-) -> dict[str, Any]:
+def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None,
+          overrides: list[str] | None = None) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns (and writes) its summary.
 
     ``callbacks`` are added to the Trainer's (tests use them to interrupt a run).
@@ -147,7 +133,7 @@ def train(
     """
     rank_zero = global_rank_from_environment() == 0
     cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
-    method_name = require_method(cfg)
+    require_method(cfg)
     reject_added_keys(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
@@ -170,17 +156,12 @@ def train(
         elapsed = time.time() - started
         if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished
             trainer.validate(model, datamodule=datamodule, verbose=False)
-        return _summarise(cfg, trainer, method_name, reco, elapsed, knn_at_init, output_dir, rank_zero)
+        return _summarise(cfg, trainer, reco, elapsed, knn_at_init, output_dir, rank_zero)
 
 
-def prepare_run(
-    cfg: DictConfig, output_dir: Path, overrides: list[str] | None, rank_zero: bool
-) -> tuple[DictConfig, Path, Path | None]:
-    """The run's config, its directory and the checkpoint it resumes from, if any.
-
-    A resume continues in the directory of the run it names, with that run's config and
-    the command line's settings on top; a new run refuses a directory that holds one.
-    """
+def prepare_run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None,
+                rank_zero: bool) -> tuple[DictConfig, Path, Path | None]:
+    """The run's config, its directory and the checkpoint it resumes from, if any (see :mod:`.run_dir`)."""
     resume_from = resolve_resume(cfg.get("resume"), output_dir)
     if resume_from is not None:
         read_checkpoint(resume_from)  # a truncated or foreign file: one line now, not a traceback later
@@ -213,14 +194,8 @@ def _for_workers(cfg: DictConfig, resume_from: Path | None) -> DictConfig:
     return cfg
 
 
-def _random_init_knn(
-    trainer: L.Trainer,
-    model: SSLMethod,
-    datamodule: SSLDataModule,
-    output_dir: Path,
-    resume_from: Path | None,
-    rank_zero: bool,
-) -> float | None:
+def _random_init_knn(trainer: L.Trainer, model: SSLMethod, datamodule: SSLDataModule, output_dir: Path,
+                     resume_from: Path | None, rank_zero: bool) -> float | None:
     """kNN accuracy of the untrained backbone; measured once per run, reread on resume."""
     record = (resume_from.parent.parent if resume_from else output_dir) / "random_init.json"
     if resume_from is not None:
@@ -228,25 +203,16 @@ def _random_init_knn(
     results = trainer.validate(model, datamodule=datamodule, verbose=False)
     knn = results[0].get("val/knn_acc") if results else None
     if rank_zero:
-        (output_dir / "random_init.json").write_text(json.dumps({"knn_acc": knn}))
+        record.write_text(json.dumps({"knn_acc": knn}))
     return knn
 
 
-def _summarise(
-    cfg: DictConfig,
-    trainer: L.Trainer,
-    method_name: str,
-    reco: dict[str, Any] | None,
-    elapsed: float,
-    knn_at_init: float | None,
-    output_dir: Path,
-    rank_zero: bool,
-) -> dict[str, Any]:
+def _summarise(cfg: DictConfig, trainer: L.Trainer, reco: dict[str, Any] | None, elapsed: float,
+               knn_at_init: float | None, output_dir: Path, rank_zero: bool) -> dict[str, Any]:
     """The run's summary: written to ``summary.json`` and printed by rank 0."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    checkpoint = trainer.checkpoint_callback
     summary = {
-        "method": method_name,
+        "method": cfg.method.name,
         "reco": reco is not None,
         "dataset": cfg.dataset.name,
         "epochs": trainer.current_epoch,
@@ -255,7 +221,7 @@ def _summarise(
         "knn_acc": metrics.get("val/knn_acc"),
         "linear_acc": metrics.get("val/linear_acc"),
         "knn_acc_random_init": knn_at_init,
-        "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
         "output_dir": str(output_dir),
     }
@@ -284,15 +250,9 @@ def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> 
     loader = DataLoader(Subset(val, chosen.tolist()), batch_size=datamodule.eval_batch_size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     features, labels = extract_features(model.backbone, loader, device, "features (val)", progress=False)
-    pictures["feature_map"] = str(
-        feature_map(features, labels, output_dir / "feature_map.png", f"{title}: validation features (t-SNE)",
-                    max_points=MAP_POINTS)
-    )
+    map_path, map_title = output_dir / "feature_map.png", f"{title}: validation features (t-SNE)"
+    pictures["feature_map"] = str(feature_map(features, labels, map_path, map_title, max_points=MAP_POINTS))
     return pictures
-
-
-#: points of the t-SNE map drawn at the end of training
-MAP_POINTS = 1500
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -301,7 +261,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    lines = [
+    return "\n".join([
         "",
         f"== reco_lightning: {summary['method']}{' + ReCo' if summary['reco'] else ''} on {summary['dataset']}",
         f"epochs {summary['epochs']}, steps {summary['steps']}, training time {summary['train_time_s']:.1f} s",
@@ -309,5 +269,4 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"kNN at random init    {pct(summary['knn_acc_random_init'])}",
         f"linear-probe accuracy {pct(summary['linear_acc'])}",
         f"outputs in            {summary['output_dir']}",
-    ]
-    return "\n".join(lines)
+    ])

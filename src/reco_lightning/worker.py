@@ -18,7 +18,6 @@ from .utils.distributed import global_rank_from_environment
 
 
 def main(argv: list[str]) -> None:
-    """Entry point of ranks 1..N-1: ``python -m reco_lightning.worker CONFIG RUN_DIR``."""
     config_path, output_dir = Path(argv[0]), Path(argv[1])
     cfg = OmegaConf.load(config_path)
     OmegaConf.set_struct(cfg, True)
