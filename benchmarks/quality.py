@@ -6,6 +6,7 @@
     python benchmarks/quality.py run --cells baselines            # plain methods from lightly's parts
     python benchmarks/quality.py run --cells resolution           # SimCLR off/on at 32 px, 6 epochs
     python benchmarks/quality.py run --cells mixup                # BYOL and MoCo + ReCo with CutMix, the grid's 2 seeds
+    python benchmarks/quality.py run --cells negatives            # SimCLR + ReCo with batch negatives, the grid's 2 seeds
     python benchmarks/quality.py report --docs                    # tables, docs/img/quality_*.png, docs tables
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
