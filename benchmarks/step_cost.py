@@ -2,12 +2,16 @@
 
     python benchmarks/step_cost.py                       # CPU defaults (a narrow ResNet-18)
     python benchmarks/step_cost.py --device cuda --width 64 --batch-size 256
+    OMP_NUM_THREADS=1 python benchmarks/step_cost.py --threads 1 --width 16 --image-size 16 \
+        --batch-size 256 --precision bf16 --rounds 5 --data ../shared/data/cifar10   # the quality protocol
 
-Model work only: the batches are made once, up front, so data loading does not enter the
-ratio (issue 6 measures the step with data). The off and on models of a method are timed
-in alternating rounds in one process, so drift of the machine hits both alike; the median
-step time of each is reported with the ratio on/off and the compute floor of RECO.md
-(a backward pass counted as two forward passes).
+Without ``--data``, model work only: the batches are made once, up front. With ``--data
+ROOT`` (an image folder), the whole step: the next batch from the protocol's loader (PNG
+decode and per-image views in the main process, ``num_workers=0``; a weak view as well with
+ReCo on, as training draws it), then the model work. The off and on models of a method are
+timed in alternating rounds in one process, so drift of the machine hits both alike; the
+median step time of each is reported with the ratio on/off and the compute floor of RECO.md
+(a backward pass counted as two forward passes; the floor counts model work only).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Iterator
 
 import torch
 
 from reco_lightning import BYOL, MoCo, SimCLR
+from reco_lightning.data import SSLDataModule
 
 #: name -> (class, extra constructor arguments, compute floor of the ReCo/base ratio)
 METHODS = {
@@ -46,8 +52,18 @@ def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
     return model.to(args.device)
 
 
-def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str, precision: str = "32") -> list[float]:
-    """Seconds per full step: forward, backward, optimizer step, the method's after-step hook."""
+def loader_batches(root: str, reco: bool, args: argparse.Namespace) -> Iterator[dict]:
+    """Endless training batches of the image folder ``root``, as the protocol's loader makes them."""
+    data = SSLDataModule(name="imagefolder", root=root, image_size=args.image_size, batch_size=args.batch_size,
+                         num_workers=0, weak_view=reco, seed=0)
+    while True:  # a new epoch of the same sampler when one ends
+        yield from data.train_dataloader()
+
+
+def time_steps(model: torch.nn.Module, next_batch: Callable[[], dict], steps: int, device: str,
+               precision: str = "32") -> list[float]:
+    """Seconds per full step: the batch (``next_batch()``: a ready one, or the loader's next),
+    forward, backward, optimizer step, the method's after-step hook."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     times = []
@@ -55,6 +71,8 @@ def time_steps(model: torch.nn.Module, batch: dict, steps: int, device: str, pre
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
+        batch = {key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
+                 for key, value in next_batch().items() if key in ("strong", "weak", "label")}
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model.training_step(batch, 0)
@@ -79,8 +97,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32", choices=["32", "bf16"],
                         help="bf16: the step under bf16 autocast, as trainer.precision=bf16-mixed")
+    parser.add_argument("--data", default=None, metavar="ROOT",
+                        help="an image folder: time the whole step, the loader's next batch included")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     size = (args.batch_size, 3, args.image_size, args.image_size)
@@ -89,18 +112,25 @@ def main() -> None:
         "weak": torch.randn(size, device=args.device),
         "label": torch.randint(0, 10, (args.batch_size,), device=args.device),
     }
-    print(f"# step cost: {args.backbone} width {args.width}, batch {args.batch_size}, "
-          f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads")
+    work = f"whole step, data from {args.data}" if args.data else "model work only"
+    print(f"# step cost ({work}): {args.backbone} width {args.width}, batch {args.batch_size}, "
+          f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds of {args.steps} steps")
     print("| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.methods:
         models = {reco: build(name, reco, args) for reco in (False, True)}
-        for model in models.values():  # warm-up: allocator, first-call overheads
-            time_steps(model, batch, 2, args.device, args.precision)
+        if args.data:
+            loaders = {reco: loader_batches(args.data, reco, args) for reco in (False, True)}
+            batches = {reco: (lambda it=loaders[reco]: next(it)) for reco in (False, True)}
+        else:
+            batches = {reco: (lambda: batch) for reco in (False, True)}
+        for reco, model in models.items():  # warm-up: allocator, first-call overheads
+            time_steps(model, batches[reco], 2, args.device, args.precision)
         samples: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for reco, model in models.items():
-                samples[reco] += time_steps(model, batch, args.steps, args.device, args.precision)
+                samples[reco] += time_steps(model, batches[reco], args.steps, args.device, args.precision)
         off, on = (statistics.median(samples[r]) for r in (False, True))
         floor = METHODS[name][2]
         ratio = on / off

@@ -256,3 +256,15 @@ def test_simsiam_with_reco_learns_on_the_digits(compose_config, tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["method"] == "simsiam"
     assert summary["knn_acc"] > summary["knn_acc_random_init"] + 0.02, summary
+
+
+def test_term_gradient_shares_are_logged_per_epoch(compose_config, tiny, tmp_path):
+    """``diagnostics.term_grad_steps=2``: each epoch's row holds the three terms' gradient
+    norms and shares (the shares of a step add up to 1, and so do their epoch means)."""
+    cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=0", "diagnostics.term_grad_steps=2")
+    train(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    shares = [logged_values(rows, f"train/grad_share_{name}") for name in ("method", "global", "local")]
+    assert all(len(values) == 1 for values in shares)
+    assert sum(values[0] for values in shares) == pytest.approx(1.0, abs=1e-4)
+    assert logged_values(rows, "train/grad_norm_method")[0] > 0

@@ -81,8 +81,18 @@ class KNNConfig:
     temperature: float = feeds("knn_temperature", 0.1)
 
 
+@dataclass
+class DiagnosticsConfig:
+    """``diagnostics.*``: what training measures beside its losses. ``term_grad_steps``:
+    steps per epoch that log the backbone's gradient norm from each loss term alone
+    (``train/grad_norm_*``, ``train/grad_share_*``; one extra backward pass per term each)."""
+
+    term_grad_steps: int = feeds("term_grad_steps", 0)
+
+
 #: the written-out groups whose fields feed the method's shared arguments
-SHARED_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "optimizer": OptimizerConfig, "knn": KNNConfig}
+SHARED_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "optimizer": OptimizerConfig, "knn": KNNConfig,
+                                  "diagnostics": DiagnosticsConfig}
 
 
 def _config_type(hint: Any) -> Any:
@@ -138,6 +148,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     knn: KNNConfig = field(default_factory=KNNConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     trainer: Any = field(default_factory=TrainerSchema)
     dataset: Any = None
     method: Any = None
@@ -158,7 +169,7 @@ def register() -> None:
 def reject_added_keys(cfg: DictConfig) -> None:
     """A key added with ``+`` that its group's schema does not have (``+trainer.max_epoch=2``)
     is a ConfigError with a did-you-mean; Hydra's struct mode has let it through."""
-    for group in ("backbone", "optimizer", "knn", "trainer", "dataset", "method", "reco"):
+    for group in ("backbone", "optimizer", "knn", "diagnostics", "trainer", "dataset", "method", "reco"):
         node = cfg.get(group)
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
         if schema is not None and dataclasses.is_dataclass(schema):
@@ -172,6 +183,6 @@ def method_arguments(cfg: DictConfig) -> dict[str, Any]:
 
 
 __all__ = [
-    "BackboneConfig", "KNNConfig", "OptimizerConfig", "RunConfig", "method_arguments", "register",
+    "BackboneConfig", "DiagnosticsConfig", "KNNConfig", "OptimizerConfig", "RunConfig", "method_arguments", "register",
     "reject_added_keys", "schema_of",
 ]

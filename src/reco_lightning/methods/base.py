@@ -9,6 +9,7 @@ not built in: a method with ``reco`` settings holds a :class:`~reco_lightning.re
 
 from __future__ import annotations
 
+import math
 import os
 
 from collections.abc import Mapping
@@ -144,6 +145,11 @@ class SSLMethod(L.LightningModule):
         warmup_epochs: linear warm-up length, then a cosine decay to zero.
         classifier_lr: learning rate of the online linear probe (no weight decay).
         knn_k, knn_temperature: the weighted kNN monitor's neighbours and temperature.
+        term_grad_steps: steps per epoch (spread over it) on which the backbone's gradient
+            norm from each loss term alone is measured and logged (``train/grad_norm_*``,
+            ``train/grad_share_*``): how much of the update each term drives, whatever
+            its value. Each costs one extra backward pass per term; 0 = off; skipped
+            under DDP.
         reco: ReCo's settings (see :class:`~reco_lightning.reco.ReCoConfig`); ``None`` = off.
     """
 
@@ -178,6 +184,7 @@ class SSLMethod(L.LightningModule):
         classifier_lr: float = 0.1,
         knn_k: int = 200,
         knn_temperature: float = 0.1,
+        term_grad_steps: int = 0,
         reco: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -185,6 +192,9 @@ class SSLMethod(L.LightningModule):
         if num_classes < 2:
             raise ConfigError(f"num_classes={num_classes}: the validation data needs at least two classes")
         positive("knn.k", knn_k), positive("knn.temperature", knn_temperature)
+        if isinstance(term_grad_steps, bool) or not isinstance(term_grad_steps, int) or term_grad_steps < 0:
+            raise ConfigError(f"diagnostics.term_grad_steps={term_grad_steps!r} must be a whole number >= 0 "
+                              "(steps per epoch that measure each term's gradient; 0 = off)")
         self.backbone, self.feature_dim = build_backbone(
             backbone, backbone_width, small_stem, zero_init_residual
         )
@@ -275,12 +285,19 @@ class SSLMethod(L.LightningModule):
                     "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
                 )
             reco = self.reco(self, view1, view2, batch["weak"], q1=output.q1, k2=output.k2,
-                             negatives=output.negatives, progress=training_progress(self))
+                             negatives=output.negatives, progress=training_progress(self),
+                             method_loss=output.loss)
             log_reco_terms(self, reco)
             loss = loss + reco.weighted
             terms.update({"train/loss_global": reco.global_, "train/loss_local": reco.local})
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
         self._check_finite(loss, terms, batch_idx)
+        if self._term_grads_due(batch_idx):
+            weighted = {"method": output.loss}
+            if self.reco is not None:
+                weighted["global"] = None if reco.global_ is None else reco.w_global * reco.global_
+                weighted["local"] = None if reco.local is None else reco.w_local * reco.local
+            self._log_term_grads(weighted)
 
         logits = self.classifier(output.features.detach())
         probe_loss = F.cross_entropy(logits, batch["label"])
@@ -288,6 +305,31 @@ class SSLMethod(L.LightningModule):
         self.log("train/linear_loss", probe_loss.detach(), on_step=False, on_epoch=True)
         self.log("train/linear_acc", self.train_linear_acc, on_step=False, on_epoch=True)
         return loss + probe_loss
+
+    def _term_grads_due(self, batch_idx: int) -> bool:
+        """Whether this step is one of the ``term_grad_steps`` spread evenly over the epoch."""
+        steps = int(self.hparams.get("term_grad_steps") or 0)
+        if steps == 0 or self._trainer is None or self.trainer.world_size > 1:
+            return False
+        batches = self.trainer.num_training_batches
+        interval = max(int(batches) // steps, 1) if math.isfinite(batches) else 1
+        return batch_idx % interval == 0 and batch_idx // interval < steps
+
+    def _log_term_grads(self, weighted: dict[str, Tensor | None]) -> None:
+        """Log the norm of the backbone's gradient from each weighted term alone, and its
+        share of their sum; a term skipped this step (weight 0, bank still filling) has 0."""
+        parameters = [p for p in self.backbone.parameters() if p.requires_grad]
+        norms: dict[str, Tensor] = {}
+        for name, term in weighted.items():
+            norms[name] = torch.zeros((), device=self.device)
+            if term is not None and term.requires_grad:
+                grads = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
+                norms[name] = torch.sqrt(sum((g.float().pow(2).sum() for g in grads if g is not None),
+                                             torch.zeros((), device=self.device)))
+        total = sum(norms.values()).clamp_min(1e-12)
+        for name, norm in norms.items():
+            self.log(f"train/grad_norm_{name}", norm, on_step=False, on_epoch=True)
+            self.log(f"train/grad_share_{name}", norm / total, on_step=False, on_epoch=True)
 
     def _check_finite(self, loss: Tensor, terms: dict[str, Tensor | None], batch_idx: int) -> None:
         """Stop at the first NaN or infinite loss, naming the step and the term.

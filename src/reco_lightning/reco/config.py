@@ -15,6 +15,8 @@ from .mixing import MIX_MODES
 NEGATIVES = ("queue", "batch")
 #: which network is ReCo's teacher (see ReCoConfig)
 TEACHERS = ("auto", "ema", "online")
+#: what the weights multiply (see ReCoConfig)
+SCALES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,13 @@ class ReCoConfig:
     * ``mix``: ``cutmix`` (RECO.md's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
     * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
+    * ``scale``: ``absolute`` adds ``w * term``, which assumes a method loss of order 1-10
+      (each term is a cross-entropy over a bank, up to ``log(bank_size)`` nats);
+      ``relative`` adds ``w * (method loss / term) * term`` with the ratio taken without
+      gradient, so each term weighs ``w`` times the method's loss whatever its size (a
+      redundancy-reduction loss of ~2,000 or a BYOL loss of ~0.3 alike). The caller passes
+      the method loss to the call (``reco(..., method_loss=)``, ``reco_loss(batch,
+      method_loss=)``).
 
     >>> ReCoConfig(w_local=0.5, negatives="batch").teacher
     'auto'
@@ -50,6 +59,7 @@ class ReCoConfig:
     teacher: str = "auto"
     teacher_momentum: float = 0.99
     warmup_epochs: float = 2.0
+    scale: str = "absolute"
 
     def __post_init__(self) -> None:
         for name in ("tau_student", "tau_teacher", "alpha"):
@@ -62,7 +72,8 @@ class ReCoConfig:
         for name in ("bank_size", "negatives_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"reco.{name}={getattr(self, name)} must be a positive number of embeddings")
-        for name, choices in (("negatives", NEGATIVES), ("teacher", TEACHERS), ("mix", ["auto", *MIX_MODES])):
+        for name, choices in (("negatives", NEGATIVES), ("teacher", TEACHERS), ("mix", ["auto", *MIX_MODES]),
+                              ("scale", SCALES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}")
         fraction("reco.teacher_momentum", self.teacher_momentum)

@@ -93,6 +93,7 @@ class ReCoMixin:
         views: Mapping[str, Any] | Sequence[Tensor],
         q1: Tensor | None = None,
         k2: Tensor | None = None,
+        method_loss: Tensor | None = None,
     ) -> Tensor:
         """ReCo's weighted terms for this batch (add it to your loss), logged as ``train/...``.
 
@@ -100,6 +101,8 @@ class ReCoMixin:
             views: the batch (``{"strong": [v1, v2], "weak": w}``) or ``(v1, v2, weak)``.
             q1, k2: ``online_embedding(v1)`` and ``target_embedding(v2)`` if your step has
                 them already: ReCo then costs one teacher pass and one online pass fewer.
+            method_loss: your method's loss; needed with ``reco.scale=relative``, which
+                weighs each term against it.
         """
         reco = getattr(self, "reco", None)
         if not isinstance(reco, ReCo):
@@ -108,6 +111,7 @@ class ReCoMixin:
                 f"network, set self.reco = ReCo(settings, embedding_dim, self)"
             )
         strong1, strong2, weak = split_views(views)
-        terms = reco(self, strong1, strong2, weak, q1=q1, k2=k2, progress=training_progress(self))  # type: ignore[arg-type]
+        terms = reco(self, strong1, strong2, weak, q1=q1, k2=k2, progress=training_progress(self),  # type: ignore[arg-type]
+                     method_loss=method_loss)
         log_reco_terms(self, terms)
         return terms.weighted

@@ -57,13 +57,14 @@ class TrainingProgress:
 @dataclass
 class ReCoTerms:
     """What one ReCo call computed: the unweighted terms (``None`` when skipped), their
-    weighted sum to add to the loss, the weights after the warm-up, and the mixing ``lam``."""
+    weighted sum to add to the loss, the weights in effect (after the warm-up and, with
+    ``reco.scale=relative``, times the method loss over the term), and the mixing ``lam``."""
 
     global_: Tensor | None
     local: Tensor | None
     weighted: Tensor
-    w_global: float = 0.0
-    w_local: float = 0.0
+    w_global: float | Tensor = 0.0
+    w_local: float | Tensor = 0.0
     lam: float | None = None
 
     @property
@@ -198,6 +199,7 @@ class ReCo(nn.Module):
         k2: Tensor | None = None,
         negatives: Tensor | None = None,
         progress: TrainingProgress | None = None,
+        method_loss: Tensor | None = None,
     ) -> ReCoTerms:
         """Both terms for one batch, weighted; then this step's keys into the banks.
 
@@ -210,9 +212,15 @@ class ReCo(nn.Module):
             negatives: the lent negatives (written rows only, taken before the owner
                 enqueued this step's keys) when built with ``borrows_negatives``.
             progress: where training stands (warm-up, teacher momentum, world size).
+            method_loss: the method's own loss, which ``reco.scale=relative`` weighs each
+                term against (only its value is used: no gradient flows through it).
         """
         progress = progress or TrainingProgress()
         config = self.config
+        if config.scale == "relative" and method_loss is None:
+            raise ConfigError("reco.scale=relative weighs the terms against the method's loss: pass "
+                              "method_loss= to the ReCo call (reco_loss(batch, method_loss=loss)), or use "
+                              "reco.scale=absolute")
         if self.teacher is not None:
             self.teacher.update(owner, self.teacher_momentum(progress), progress.step)  # type: ignore[arg-type]
         w_global, w_local = self.weights(progress)
@@ -230,6 +238,7 @@ class ReCo(nn.Module):
         bank = self.bank.filled().clone()
         if w_global > 0 and bank.shape[0] >= global_batch:
             loss_global = global_relation_loss(q1, weak_keys, bank, config.tau_student, config.tau_teacher)
+            w_global *= self._relative_scale(method_loss, loss_global)
             weighted = weighted + w_global * loss_global
 
         scored, exclude = self._local_negatives(k2, negatives, global_batch)
@@ -241,12 +250,20 @@ class ReCo(nn.Module):
             mixed_embedding = F.normalize(owner.online_embedding(mixed.images), dim=1)
             mask = exclude(mixed.permutation) if exclude is not None else None
             loss_local = local_interpolation_loss(mixed_embedding, target, scored, self.tau_local, mask)
+            w_local *= self._relative_scale(method_loss, loss_local)
             weighted = weighted + w_local * loss_local
 
         self.bank.enqueue(weak_keys)
         if self.negatives is not None:
             self.negatives.enqueue(k2)
         return ReCoTerms(loss_global, loss_local, weighted, w_global, w_local, lam)
+
+    def _relative_scale(self, method_loss: Tensor | None, term: Tensor) -> float | Tensor:
+        """1 under ``reco.scale=absolute``; under ``relative``, the method loss over ``term``,
+        detached (the factor carries no gradient), kept on the device (no host sync)."""
+        if self.config.scale == "absolute" or method_loss is None:
+            return 1.0
+        return method_loss.detach().float() / term.detach().float().clamp_min(1e-12)
 
     def _local_negatives(
         self, k2: Tensor, lent: Tensor | None, global_batch: int

@@ -1,0 +1,485 @@
+"""Protocol ``cpu16v2``: ReCo's case as a reviewer checks it (issue 23).
+
+    python benchmarks/quality.py run --protocol cpu16v2 --cells val --jobs 2     # choose, on held-out images
+    python benchmarks/quality.py decide --protocol cpu16v2                       # what validation chose
+    python benchmarks/quality.py run --protocol cpu16v2 --cells test --jobs 2    # final cells, 3 seeds
+    python benchmarks/quality.py run --protocol cpu16v2 --cells equal-compute,long,32px
+    python benchmarks/quality.py report --protocol cpu16v2 --docs
+
+The training settings are ``cpu16``'s (16 px, ResNet-18 at width 16, batch 256, bf16, 20
+epochs, per-image views in the main process), plus ``diagnostics.term_grad_steps=2``: two
+steps per epoch log the backbone's gradient norm from each loss term alone. What changes is
+the order of work, which this module enforces:
+
+1. **Validation cells** (``val-<method>-<setting>-s<seed>``, seeds 0 and 1) train on 20,000
+   training images and measure on the other 5,000 (``split: trainval``); the test images are
+   not in their data folder at all. Each setting changes one choice against the shipped
+   default (:data:`SETTINGS`).
+2. **The choice** of each method is the ReCo-on setting with the highest mean validation kNN
+   over both seeds (:func:`validation_choice`).
+3. **Test cells** (``test-...``, the 10,000 test images) with ReCo on refuse to start unless
+   every validation cell of their method is committed and the ReCo settings they would run
+   (the shipped defaults, resolved by composing the CLI's config) are the chosen setting's.
+   ReCo-off cells involve no ReCo choice and may run at any time.
+
+Every cell records the commit of the code it ran (and refuses to resume under other code in
+``src/``, ``conf/`` or ``pyproject.toml``), its split and data folder, its exact overrides,
+the resolved ReCo settings, and per epoch the kNN and the terms' values, weights and
+gradient shares. A result file is written once, when its cell ends, and never edited: a
+changed meaning gets a new cell name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOL = "cpu16v2"
+RESULTS = ROOT / "benchmarks" / "results" / "quality" / PROTOCOL
+RUNS = ROOT / "benchmark_runs" / "quality" / PROTOCOL
+#: what a cell's training depends on; a cell resumes only under the same contents
+CODE_PATHS = ("src", "conf", "pyproject.toml")
+
+PROTOCOL_OVERRIDES = [
+    "dataset=imagefolder", "dataset.image_size=16", "backbone.width=16", "dataset.batch_size=256",
+    "trainer.precision=bf16-mixed", "trainer.max_epochs=20", "dataset.num_workers=0",
+    "dataset.pin_memory=false", "trainer.enable_progress_bar=false", "pictures=false",
+    "diagnostics.term_grad_steps=2",
+]
+METHODS = ("moco", "simclr", "byol")
+VAL_SEEDS = (0, 1)
+TEST_SEEDS = (0, 1, 2)
+
+#: the mixing that is not the method's ``reco.mix=auto`` choice (MoCo and BYOL: Mixup)
+OTHER_MIX = {"moco": "cutmix", "simclr": "mixup", "byol": "cutmix"}
+
+
+def settings(method: str) -> dict[str, tuple[str, ...] | None]:
+    """The validation settings of ``method``: name -> overrides (``None``: ReCo off). Each
+    changes one choice against the shipped defaults, in the order the lanes run them."""
+    chosen: dict[str, tuple[str, ...] | None] = {
+        "off": None,
+        "default": (),
+        "scale-relative": ("reco.scale=relative",),
+        f"mix-{OTHER_MIX[method]}": (f"reco.mix={OTHER_MIX[method]}",),
+        "negatives-batch": ("reco.negatives=batch",),
+        "warmup-0": ("reco.warmup_epochs=0",),
+        "global-only": ("reco.w_local=0",),
+        "local-only": ("reco.w_global=0",),
+    }
+    if method == "simclr":  # its teacher: ReCo's EMA copy (auto) or the online network
+        chosen["teacher-online"] = ("reco.teacher=online",)
+    return chosen
+
+
+#: Equal compute: ReCo off trains 20 x (whole-step cost ratio on/off) epochs. The ratios,
+#: measured 2026-12-06 on a quiet machine at the protocol's settings, data included:
+#: ``OMP_NUM_THREADS=1 python benchmarks/step_cost.py --threads 1 --methods moco simclr byol
+#: --width 16 --image-size 16 --batch-size 256 --precision bf16 --rounds 5 --data
+#: ../shared/data/cifar10``: MoCo 456/659 ms (1.44), SimCLR 531/788 (1.48), BYOL 632/892
+#: (1.41); model work alone (no ``--data``): 2.01, 1.83, 1.57.
+STEP_COST_RATIO = {"moco": 1.44, "simclr": 1.48, "byol": 1.41}
+EQUAL_COMPUTE_EPOCHS = {method: round(20 * ratio) for method, ratio in STEP_COST_RATIO.items()}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the protocol."""
+
+    name: str
+    method: str
+    reco: bool
+    seed: int
+    overrides: tuple[str, ...] = field(default=())
+    split: str = "test"  # "trainval": 20,000/5,000 of train/; "test": train/ and test/
+    setting: str | None = None  # the validation setting
+
+    def arguments(self, data_root: str) -> list[str]:
+        """The CLI's overrides, without the run directory (recorded as they are)."""
+        return [f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}", *PROTOCOL_OVERRIDES,
+                f"dataset.root={data_root}", f"seed={self.seed}", *self.overrides]
+
+
+def val_cells(method: str | None = None) -> list[Cell]:
+    """Validation cells, in the lanes' order: off and default of every method and seed
+    first (the measured gain and the terms' logs), then one alternative at a time."""
+    methods = METHODS if method is None else (method,)
+    order: list[str] = []
+    for m in methods:
+        order += [name for name in settings(m) if name not in order]
+    cells = []
+    for rank in (("off", "default"), tuple(n for n in order if n not in ("off", "default"))):
+        for name in rank:
+            for seed in VAL_SEEDS:
+                for m in methods:
+                    if name in settings(m):
+                        overrides = settings(m)[name]
+                        cells.append(Cell(f"val-{m}-{name}-s{seed}", m, overrides is not None, seed,
+                                          overrides or (), "trainval", name))
+    return cells
+
+
+def test_cells() -> list[Cell]:
+    """The headline grid: every method off and on, shipped defaults, three seeds."""
+    return [Cell(f"test-{m}-{'on' if reco else 'off'}-s{seed}", m, reco, seed)
+            for seed in TEST_SEEDS for m in METHODS for reco in (False, True)]
+
+
+def equal_compute_cells() -> list[Cell]:
+    """ReCo off for as many epochs as cost what 20 epochs of ReCo on cost (two seeds)."""
+    return [Cell(f"test-{m}-off-ec{EQUAL_COMPUTE_EPOCHS[m]}-s{seed}", m, False, seed,
+                 (f"trainer.max_epochs={EQUAL_COMPUTE_EPOCHS[m]}",))
+            for seed in (0, 1) for m in METHODS]
+
+
+def long_cells() -> list[Cell]:
+    """60 epochs (3x), seed 0: does the gap grow, hold or close?"""
+    return [Cell(f"test-{m}-{'on' if reco else 'off'}-e60-s0", m, reco, 0, ("trainer.max_epochs=60",))
+            for m in METHODS for reco in (False, True)]
+
+
+def px32_cells() -> list[Cell]:
+    """The CIFAR images' own 32 px at about the same compute (width 8), 20 epochs, seed 0."""
+    return [Cell(f"test-{m}-{'on' if reco else 'off'}-32px-s0", m, reco, 0,
+                 ("dataset.image_size=32", "backbone.width=8"))
+            for m in METHODS for reco in (False, True)]
+
+
+def groups() -> dict[str, list[Cell]]:
+    chosen = {"val": val_cells(), "test": test_cells(), "equal-compute": equal_compute_cells(),
+              "long": long_cells(), "32px": px32_cells()}
+    chosen.update({f"val-{m}": val_cells(m) for m in METHODS})
+    return chosen
+
+
+# --------------------------------------------------------------------------- provenance
+def git(*arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def code_commit() -> str:
+    """HEAD, refusing a tree whose training code differs from it (the record would lie)."""
+    changed = git("status", "--porcelain", "--", *CODE_PATHS)
+    if changed:
+        raise CellRefused(f"uncommitted changes in {', '.join(CODE_PATHS)}:\n{changed}\ncommit them first: "
+                          "a result records the commit that made it")
+    return git("rev-parse", "HEAD")
+
+
+def same_code(commit: str) -> bool:
+    """Whether the training code at HEAD is the code of ``commit``."""
+    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE_PATHS], cwd=ROOT).returncode == 0
+
+
+def committed(path: Path) -> bool:
+    """Whether ``path`` is in HEAD and unchanged in the tree."""
+    relative = str(path.relative_to(ROOT))
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", relative], cwd=ROOT, capture_output=True)
+    return tracked.returncode == 0 and not git("status", "--porcelain", "--", relative)
+
+
+class CellRefused(Exception):
+    """A cell that must not run now, with the reason and what to do."""
+
+
+# --------------------------------------------------------------------------- ReCo settings
+def resolved_reco(cell: Cell, data_root: str) -> dict[str, Any] | None:
+    """The ReCo settings ``cell`` trains with, resolved as the CLI composes them, ``mix=auto``
+    made the method's choice; None when ReCo is off."""
+    if not cell.reco:
+        return None
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from reco_lightning.methods import METHODS as CLASSES
+
+    with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=cell.arguments(data_root))
+    reco = OmegaConf.to_container(cfg.reco, resolve=True)
+    assert isinstance(reco, dict)
+    if reco.get("mix") == "auto":
+        reco["mix"] = CLASSES[cell.method].reco_mix
+    return reco
+
+
+@dataclass
+class Choice:
+    """What validation chose for one method."""
+
+    method: str
+    means: dict[str, float]  # setting -> mean validation kNN over VAL_SEEDS (complete settings)
+    missing: list[str]  # validation cells without a result
+    uncommitted: list[str]  # result files not in HEAD as they are
+    best: str | None = None
+    reco: dict[str, Any] | None = None  # the best setting's resolved ReCo settings
+
+
+def validation_choice(method: str, results: dict[str, dict]) -> Choice:
+    """The ReCo-on setting of ``method`` with the highest mean validation kNN."""
+    names = [cell.name for cell in val_cells(method)]
+    missing = [name for name in names if name not in results]
+    uncommitted = [name for name in names if name in results and not committed(RESULTS / f"{name}.json")]
+    means = {}
+    for setting in settings(method):
+        runs = [results.get(f"val-{method}-{setting}-s{seed}") for seed in VAL_SEEDS]
+        if all(runs):
+            means[setting] = statistics.mean(r["final_knn"] for r in runs)  # type: ignore[index]
+    choice = Choice(method, means, missing, uncommitted)
+    candidates = {name: value for name, value in means.items() if name != "off"}
+    if candidates:
+        choice.best = max(candidates, key=candidates.__getitem__)
+        choice.reco = results[f"val-{method}-{choice.best}-s0"]["reco_config"]
+    return choice
+
+
+def check_test_cell(cell: Cell, data_root: str, results: dict[str, dict]) -> None:
+    """Refuse a test cell with ReCo on that validation has not cleared (module docstring)."""
+    if cell.split != "test" or not cell.reco:
+        return
+    choice = validation_choice(cell.method, results)
+    if choice.missing:
+        raise CellRefused(f"validation of {cell.method} is not complete ({len(choice.missing)} cells missing, "
+                          f"e.g. {choice.missing[0]}): run --cells val-{cell.method} first")
+    if choice.uncommitted:
+        raise CellRefused(f"validation results of {cell.method} are not committed ({', '.join(choice.uncommitted)}): "
+                          "commit them, then the defaults they choose, before any test cell")
+    ours = resolved_reco(cell, data_root)
+    if ours != choice.reco:
+        differ = sorted(k for k in set(ours or {}) | set(choice.reco or {})
+                        if (ours or {}).get(k) != (choice.reco or {}).get(k))
+        raise CellRefused(
+            f"{cell.name} would train with ReCo settings that validation did not choose (differing: "
+            + ", ".join(f"{k}={(ours or {}).get(k)!r} against {(choice.reco or {}).get(k)!r}" for k in differ)
+            + f"); validation chose {cell.method}'s '{choice.best}': make it the shipped default and commit it")
+
+
+# --------------------------------------------------------------------------- running
+def read_epochs(run_dir: Path) -> dict[int, dict[str, str]]:
+    """Every logged value of each epoch, from ``metrics.csv`` and the ``metrics-N.csv`` parts
+    earlier runs of a resumed cell left, oldest first (a rerun epoch keeps its newer values)."""
+    import csv
+
+    parts = sorted(run_dir.glob("metrics-*.csv"), key=lambda path: int(path.stem.split("-")[1]))
+    epochs: dict[int, dict[str, str]] = {}
+    for path in [*parts, run_dir / "metrics.csv"]:
+        if not path.is_file():
+            continue
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch"):
+                    epochs.setdefault(int(row["epoch"]), {}).update({k: v for k, v in row.items() if v != ""})
+    return epochs
+
+
+#: per-epoch term logs a result keeps: the metrics.csv column -> the result's key
+TERM_COLUMNS = {
+    "train/loss_method_epoch": "loss_method", "train/loss_global_epoch": "loss_global",
+    "train/loss_local_epoch": "loss_local", "train/loss_epoch": "loss",
+    "train/reco_w_global": "w_global", "train/reco_w_local": "w_local",
+    "train/reco_global_skipped": "global_skipped", "train/reco_local_skipped": "local_skipped",
+    **{f"train/grad_{kind}_{term}": f"grad_{kind}_{term}"
+       for kind in ("norm", "share") for term in ("method", "global", "local")},
+}
+
+
+def curve_and_terms(run_dir: Path) -> tuple[list[dict[str, float | None]], list[dict[str, float]]]:
+    epochs = read_epochs(run_dir)
+    curve, terms = [], []
+    for epoch in sorted(epochs):
+        row = epochs[epoch]
+        if "val/knn_acc" in row:
+            seconds = row.get("time/train_s")
+            curve.append({"epoch": epoch + 1, "knn": float(row["val/knn_acc"]),
+                          "train_s": float(seconds) if seconds else None})
+        logged = {key: float(row[column]) for column, key in TERM_COLUMNS.items() if column in row}
+        if logged:
+            terms.append({"epoch": epoch + 1, **logged})
+    return curve, terms
+
+
+def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
+    """Train (or resume) and evaluate ``cell``; write its result file once, at the end."""
+    result_file = RESULTS / f"{cell.name}.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    root = trainval_root(data) if cell.split == "trainval" else data
+    data_root = os.path.relpath(root, ROOT)
+    check_test_cell(cell, data_root, load_results())
+    commit = code_commit()
+    run_dir = RUNS / cell.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = run_dir / "commit.txt"
+    if started.is_file():
+        first = started.read_text().strip()
+        if not same_code(first):
+            raise CellRefused(f"{cell.name} started under commit {first[:10]}, whose {', '.join(CODE_PATHS)} "
+                              f"differ from HEAD's: delete {run_dir} to start it again under this code")
+    else:
+        started.write_text(commit + "\n")
+        first = commit
+    reco = resolved_reco(cell, data_root)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(run_dir / "train.log", "a") as log:
+        subprocess.run([sys.executable, "-m", "reco_lightning", *cell.arguments(data_root),
+                        f"hydra.run.dir={run_dir}", "resume=auto"],
+                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+        if not same_code(first):
+            raise CellRefused(f"the code changed while {cell.name} trained: delete {run_dir} and run it again")
+        subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run_dir}", "map.enabled=false",
+                        "progress=false"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    curve, terms = curve_and_terms(run_dir)
+    result = {
+        "cell": cell.name, "protocol": PROTOCOL, "commit": first, "split": cell.split, "data_root": data_root,
+        "method": cell.method, "reco": cell.reco, "setting": cell.setting, "seed": cell.seed,
+        "protocol_overrides": PROTOCOL_OVERRIDES, "overrides": list(cell.overrides),
+        "command": ["python", "-m", "reco_lightning", *cell.arguments(data_root), "resume=auto"],
+        "reco_config": reco, "epochs": summary["epochs"],
+        "train_time_s": round(curve[-1]["train_s"], 1) if curve and curve[-1]["train_s"] else None,
+        "knn_random_init": summary["knn_acc_random_init"], "curve": curve, "terms": terms,
+        "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
+    }
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = result_file.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.rename(result_file)
+    return result
+
+
+def load_results() -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob("*.json"))}
+
+
+# --------------------------------------------------------------------------- reporting
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± sd`` in points (sd over seeds; ``±—`` for one seed)."""
+    mean = 100 * statistics.mean(values)
+    sd = f"{100 * statistics.stdev(values):.2f}" if len(values) > 1 else "—"
+    return f"{mean:.2f} ± {sd}"
+
+
+def report_validation(results: dict[str, dict]) -> None:
+    print("| method | setting | overrides | kNN per seed (val 5,000) | kNN mean | vs default, per seed | "
+          "linear mean | chosen |")
+    print("| --- | --- | --- | --- | ---: | --- | ---: | --- |")
+    for method in METHODS:
+        choice = validation_choice(method, results)
+        for setting, overrides in settings(method).items():
+            runs = [results.get(f"val-{method}-{setting}-s{seed}") for seed in VAL_SEEDS]
+            done = [r for r in runs if r]
+            if not done:
+                continue
+            defaults = [results.get(f"val-{method}-default-s{seed}") for seed in VAL_SEEDS]
+            paired = [f"{100 * (r['final_knn'] - d['final_knn']):+.2f}" for r, d in zip(runs, defaults) if r and d]
+            linear = [r["final_linear"] for r in done if r.get("final_linear") is not None]
+            label = "ReCo off" if overrides is None else " ".join(overrides) or "(shipped defaults)"
+            print(f"| {method} | {setting} | {label} | {' / '.join(pct(r['final_knn']) for r in done)} | "
+                  f"{pct(statistics.mean(r['final_knn'] for r in done))} | {' / '.join(paired) or '—'} | "
+                  f"{pct(statistics.mean(linear)) if linear else '—'} | "
+                  f"{'**chosen**' if setting == choice.best and not choice.missing else ''} |")
+
+
+def report_terms(results: dict[str, dict]) -> None:
+    """The terms at the last epoch of each method's validation default and scale-relative
+    cells (mean of the seeds): values, weights in effect, and gradient shares."""
+    print("| method | setting | loss method | loss global | loss local | w global | w local | "
+          "grad share method / global / local | grad norm method |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for method in METHODS:
+        for setting in ("off", "default", "scale-relative"):
+            last = [results[name]["terms"][-1] for seed in VAL_SEEDS
+                    if (name := f"val-{method}-{setting}-s{seed}") in results and results[name]["terms"]]
+            if not last:
+                continue
+
+            def mean(key: str) -> str:
+                values = [t[key] for t in last if key in t]
+                return f"{statistics.mean(values):.3g}" if values else "—"
+
+            shares = " / ".join(mean(f"grad_share_{t}") for t in ("method", "global", "local"))
+            print(f"| {method} | {setting} | {mean('loss_method')} | {mean('loss_global')} | {mean('loss_local')} | "
+                  f"{mean('w_global')} | {mean('w_local')} | {shares} | {mean('grad_norm_method')} |")
+
+
+def report_test(results: dict[str, dict], suffix: str = "", seeds: tuple[int, ...] = TEST_SEEDS) -> None:
+    print("| method | kNN off (mean ± sd) | kNN on (mean ± sd) | on − off per seed | on − off (mean ± sd) | "
+          "linear off | linear on | seeds |")
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for method in METHODS:
+        pairs = [(results.get(f"test-{method}-off{suffix}-s{s}"), results.get(f"test-{method}-on{suffix}-s{s}"))
+                 for s in seeds]
+        pairs = [(off, on) for off, on in pairs if off and on]
+        if not pairs:
+            continue
+        diffs = [on["final_knn"] - off["final_knn"] for off, on in pairs]
+        print(f"| {method} | {spread([off['final_knn'] for off, _ in pairs])} | "
+              f"{spread([on['final_knn'] for _, on in pairs])} | {' / '.join(f'{100 * d:+.2f}' for d in diffs)} | "
+              f"{spread(diffs)} | {spread([off['final_linear'] for off, _ in pairs])} | "
+              f"{spread([on['final_linear'] for _, on in pairs])} | {len(pairs)} |")
+
+
+def report_equal_compute(results: dict[str, dict]) -> None:
+    print("| method | cost ratio on/off (step, data included) | ReCo off epochs | kNN off, equal compute | "
+          "kNN on, 20 epochs | on − off per seed |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for method in METHODS:
+        epochs = EQUAL_COMPUTE_EPOCHS[method]
+        pairs = [(results.get(f"test-{method}-off-ec{epochs}-s{s}"), results.get(f"test-{method}-on-s{s}"))
+                 for s in (0, 1)]
+        pairs = [(off, on) for off, on in pairs if off and on]
+        if not pairs:
+            continue
+        diffs = " / ".join(f"{100 * (on['final_knn'] - off['final_knn']):+.2f}" for off, on in pairs)
+        print(f"| {method} | {STEP_COST_RATIO[method]:.2f} | {epochs} | "
+              f"{spread([off['final_knn'] for off, _ in pairs])} | {spread([on['final_knn'] for _, on in pairs])} | "
+              f"{diffs} |")
+
+
+def report_long_and_32px(results: dict[str, dict]) -> None:
+    print("| method | run | kNN off | kNN on | on − off | linear off | linear on | gap at epochs 5 / 10 / 20 / last |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for label, suffix in (("60 epochs", "-e60"), ("32 px, width 8", "-32px")):
+        for method in METHODS:
+            off, on = results.get(f"test-{method}-off{suffix}-s0"), results.get(f"test-{method}-on{suffix}-s0")
+            if not (off and on):
+                continue
+            knn = {r["reco"]: {p["epoch"]: p["knn"] for p in r["curve"]} for r in (off, on)}
+            marks = [e for e in (5, 10, 20, off["epochs"]) if e in knn[True] and e in knn[False]]
+            gaps = " / ".join(f"{100 * (knn[True][e] - knn[False][e]):+.2f}" for e in marks)
+            print(f"| {method} | {label}, seed 0 | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
+                  f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
+                  f"{pct(on['final_linear'])} | {gaps} |")
+
+
+def report_choices(results: dict[str, dict]) -> None:
+    for method in METHODS:
+        choice = validation_choice(method, results)
+        state = (f"{len(choice.missing)} of {len(val_cells(method))} validation cells missing" if choice.missing
+                 else f"chosen: '{choice.best}'")
+        ranked = ", ".join(f"{name} {pct(value)}" for name, value in
+                           sorted(choice.means.items(), key=lambda item: -item[1]))
+        print(f"- {method}: {state}; mean validation kNN: {ranked or '—'}")
+
+
+DOC_BLOCKS = {"v2-validation": report_validation, "v2-terms": report_terms, "v2-choices": report_choices,
+              "v2-test": report_test, "v2-equal-compute": report_equal_compute, "v2-long": report_long_and_32px}
+
+
+def report(results: dict[str, dict]) -> None:
+    print(f"# Protocol {PROTOCOL}: {' '.join(PROTOCOL_OVERRIDES)}\n")
+    for name, function in DOC_BLOCKS.items():
+        print(f"## {name}\n")
+        function(results)
+        print()

@@ -1,0 +1,70 @@
+"""The validation-first order of ``benchmarks/quality_v2.py`` (protocol ``cpu16v2``): a test
+cell with ReCo on runs only with the settings committed validation cells chose."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality_v2 as q  # noqa: E402
+
+DATA = "../shared/data/cifar10"
+
+
+def _results(method: str, knn: dict[str, tuple[float, float]]) -> dict[str, dict]:
+    """Validation results of ``method``: setting -> kNN of seeds 0 and 1; the rest at 0.1."""
+    results = {}
+    for cell in q.val_cells(method):
+        value = knn.get(cell.setting, (0.1, 0.1))[cell.seed]
+        results[cell.name] = {"final_knn": value, "reco_config": q.resolved_reco(cell, DATA)}
+    return results
+
+
+@pytest.fixture(autouse=True)
+def _all_committed(monkeypatch):
+    monkeypatch.setattr(q, "committed", lambda path: True)
+
+
+def test_the_choice_is_the_best_mean_of_both_seeds_and_never_off():
+    results = _results("byol", {"off": (0.9, 0.9), "default": (0.5, 0.3), "scale-relative": (0.45, 0.40)})
+    choice = q.validation_choice("byol", results)
+    assert choice.best == "scale-relative" and not choice.missing
+    assert choice.reco["scale"] == "relative" and choice.reco["mix"] == "mixup"  # auto made BYOL's choice
+
+
+def test_a_test_cell_runs_with_the_chosen_defaults():
+    results = _results("moco", {"default": (0.5, 0.5)})
+    q.check_test_cell(q.Cell("test-moco-on-s0", "moco", True, 0), DATA, results)  # no refusal
+
+
+def test_a_test_cell_is_refused_when_validation_chose_another_setting():
+    results = _results("moco", {"default": (0.5, 0.5), "negatives-batch": (0.6, 0.55)})
+    with pytest.raises(q.CellRefused, match=r"negatives='queue' against 'batch'.*'negatives-batch'"):
+        q.check_test_cell(q.Cell("test-moco-on-s0", "moco", True, 0), DATA, results)
+
+
+def test_a_test_cell_is_refused_before_validation_is_complete_or_committed(monkeypatch):
+    results = _results("simclr", {"default": (0.5, 0.5)})
+    incomplete = dict(results)
+    incomplete.pop("val-simclr-warmup-0-s1")
+    cell = q.Cell("test-simclr-on-s0", "simclr", True, 0)
+    with pytest.raises(q.CellRefused, match="not complete.*val-simclr-warmup-0-s1"):
+        q.check_test_cell(cell, DATA, incomplete)
+    monkeypatch.setattr(q, "committed", lambda path: "warmup" not in path.name)
+    with pytest.raises(q.CellRefused, match="not committed"):
+        q.check_test_cell(cell, DATA, results)
+
+
+def test_reco_off_test_cells_and_validation_cells_need_no_choice():
+    q.check_test_cell(q.Cell("test-byol-off-s0", "byol", False, 0), DATA, {})
+    q.check_test_cell(q.val_cells("byol")[0], DATA, {})
+
+
+def test_every_group_names_each_cell_once_and_validation_never_reads_test_images():
+    cells = [cell for name, group in q.groups().items() if not name.startswith("val-") for cell in group]
+    assert len({cell.name for cell in cells}) == len(cells)
+    assert all(cell.split == "trainval" for cell in q.val_cells())
+    assert len(q.test_cells()) == 18 and {c.seed for c in q.test_cells()} == {0, 1, 2}
