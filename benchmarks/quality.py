@@ -186,6 +186,7 @@ def trainval_root(data: Path) -> Path:
     root = ROOT / "benchmark_runs" / "cifar10_trainval"
     if root.is_dir():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix="cifar10_trainval.", dir=root.parent))
     for class_dir in sorted((data / "train").iterdir()):
         images = sorted(class_dir.iterdir())
