@@ -22,11 +22,14 @@ the order of work, which this module enforces:
    (the shipped defaults, resolved by composing the CLI's config) are the chosen setting's.
    ReCo-off cells involve no ReCo choice and may run at any time.
 
-Every cell records the commit of the code it ran (and refuses to resume under other code in
-``src/``, ``conf/`` or ``pyproject.toml``), its split and data folder, its exact overrides,
-the resolved ReCo settings, and per epoch the kNN and the terms' values, weights and
-gradient shares. A result file is written once, when its cell ends, and never edited: a
-changed meaning gets a new cell name.
+Cells run a pinned commit, not the working tree: :data:`VAL_CODE` for validation cells and
+:data:`TEST_CODE` for test cells, each unpacked once (``git archive``) under
+``benchmark_runs/code/`` and imported from there (``PYTHONPATH``; the dependencies are this
+interpreter's). So development on main can go on while cells run, a resumed cell runs the
+code it started with, and every cell of a group runs the same code. Every cell records that
+commit, its split and data folder, its exact overrides, the resolved ReCo settings, and per
+epoch the kNN and the terms' values, weights and gradient shares. A result file is written
+once, when its cell ends, and never edited: a changed meaning gets a new cell name.
 """
 
 from __future__ import annotations
@@ -44,8 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PROTOCOL = "cpu16v2"
 RESULTS = ROOT / "benchmarks" / "results" / "quality" / PROTOCOL
 RUNS = ROOT / "benchmark_runs" / "quality" / PROTOCOL
-#: what a cell's training depends on; a cell resumes only under the same contents
-CODE_PATHS = ("src", "conf", "pyproject.toml")
+#: where the pinned commits are unpacked
+CODE_TREES = ROOT / "benchmark_runs" / "code"
+#: the code every validation cell runs: the commit that added this protocol (its training
+#: code is that of 8b48e80, which added reco.scale and diagnostics.term_grad_steps)
+VAL_CODE = "960070b3c194057dc429cef5fa71a376ebb832ca"
+#: the code the test cells run: a commit whose shipped defaults are what validation chose
+#: (``check_test_cell`` verifies it); None until validation is complete
+TEST_CODE: str | None = None
 
 PROTOCOL_OVERRIDES = [
     "dataset=imagefolder", "dataset.image_size=16", "backbone.width=16", "dataset.batch_size=256",
@@ -159,23 +168,65 @@ def groups() -> dict[str, list[Cell]]:
     return chosen
 
 
-# --------------------------------------------------------------------------- provenance
+# --------------------------------------------------------------------------- pinned code
+class CellRefused(Exception):
+    """A cell that must not run now, with the reason and what to do."""
+
+
 def git(*arguments: str) -> str:
     return subprocess.run(["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def code_commit() -> str:
-    """HEAD, refusing a tree whose training code differs from it (the record would lie)."""
-    changed = git("status", "--porcelain", "--", *CODE_PATHS)
-    if changed:
-        raise CellRefused(f"uncommitted changes in {', '.join(CODE_PATHS)}:\n{changed}\ncommit them first: "
-                          "a result records the commit that made it")
-    return git("rev-parse", "HEAD")
+def code_for(cell: Cell) -> str:
+    """The commit ``cell`` runs."""
+    if cell.split == "trainval":
+        return VAL_CODE
+    if TEST_CODE is None:
+        raise CellRefused("no TEST_CODE yet: once validation is complete, commit its choices as the shipped "
+                          "defaults and set quality_v2.TEST_CODE to that commit")
+    return TEST_CODE
 
 
-def same_code(commit: str) -> bool:
-    """Whether the training code at HEAD is the code of ``commit``."""
-    return subprocess.run(["git", "diff", "--quiet", commit, "HEAD", "--", *CODE_PATHS], cwd=ROOT).returncode == 0
+def code_tree(commit: str) -> Path:
+    """``commit`` unpacked under :data:`CODE_TREES` (once; built aside and renamed into place,
+    so two lanes never see half a tree). ``src/reco_lightning/conf`` links to ``conf/``, as
+    the package's install maps it."""
+    tree = CODE_TREES / commit
+    if tree.is_dir():
+        return tree
+    CODE_TREES.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
+    building = Path(tempfile.mkdtemp(prefix=f"{commit[:10]}.", dir=CODE_TREES))
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(building)], input=archive, check=True)
+    (building / "src" / "reco_lightning" / "conf").symlink_to(Path("..") / ".." / "conf")
+    try:
+        building.rename(tree)
+    except OSError:  # another lane got there first
+        import shutil
+
+        shutil.rmtree(building)
+    return tree
+
+
+def code_env(tree: Path | None) -> dict[str, str]:
+    """The environment of a cell's processes: one thread, the pinned tree's package first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+#: what a cell's training depends on
+TRAINING_PATHS = ("src", "conf", "pyproject.toml")
+
+
+def same_training_code(first: str, second: str) -> bool:
+    """Whether two commits hold the same training code (a resume may cross a commit that
+    changed only docs or benchmarks)."""
+    return first == second or subprocess.run(
+        ["git", "diff", "--quiet", first, second, "--", *TRAINING_PATHS], cwd=ROOT).returncode == 0
 
 
 def committed(path: Path) -> bool:
@@ -185,28 +236,44 @@ def committed(path: Path) -> bool:
     return tracked.returncode == 0 and not git("status", "--porcelain", "--", relative)
 
 
-class CellRefused(Exception):
-    """A cell that must not run now, with the reason and what to do."""
-
-
 # --------------------------------------------------------------------------- ReCo settings
-def resolved_reco(cell: Cell, data_root: str) -> dict[str, Any] | None:
-    """The ReCo settings ``cell`` trains with, resolved as the CLI composes them, ``mix=auto``
-    made the method's choice; None when ReCo is off."""
+#: composes a cell's config as the CLI does and prints its resolved ``reco`` group as JSON
+_RESOLVE = """
+import json, sys
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from reco_lightning.methods import METHODS
+method, overrides = sys.argv[1], json.loads(sys.argv[2])
+with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
+    cfg = compose(config_name="config", overrides=overrides)
+reco = OmegaConf.to_container(cfg.reco, resolve=True)
+if reco.get("mix") == "auto":
+    reco["mix"] = METHODS[method].reco_mix
+print(json.dumps(reco))
+"""
+
+
+def resolved_reco(cell: Cell, data_root: str, tree: Path | None = None) -> dict[str, Any] | None:
+    """The ReCo settings ``cell`` trains with under the code of ``tree`` (None: the installed
+    package), resolved as the CLI composes them, ``mix=auto`` made the method's choice; None
+    when ReCo is off."""
     if not cell.reco:
         return None
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+    command = [sys.executable, "-c", _RESOLVE, cell.method, json.dumps(cell.arguments(data_root))]
+    if tree is None:  # in this process (tests): the namespace of a fresh interpreter
+        namespace: dict[str, Any] = {}
+        import contextlib
+        import io
 
-    from reco_lightning.methods import METHODS as CLASSES
-
-    with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=cell.arguments(data_root))
-    reco = OmegaConf.to_container(cfg.reco, resolve=True)
-    assert isinstance(reco, dict)
-    if reco.get("mix") == "auto":
-        reco["mix"] = CLASSES[cell.method].reco_mix
-    return reco
+        argv, sys.argv = sys.argv, command[2:]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                exec(_RESOLVE, namespace)
+        finally:
+            sys.argv = argv
+        return json.loads(printed.getvalue())
+    out = subprocess.run(command, env=code_env(tree), cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 @dataclass
@@ -239,8 +306,9 @@ def validation_choice(method: str, results: dict[str, dict]) -> Choice:
     return choice
 
 
-def check_test_cell(cell: Cell, data_root: str, results: dict[str, dict]) -> None:
-    """Refuse a test cell with ReCo on that validation has not cleared (module docstring)."""
+def check_test_cell(cell: Cell, data_root: str, results: dict[str, dict], tree: Path | None = None) -> None:
+    """Refuse a test cell with ReCo on that validation has not cleared (module docstring);
+    ``tree``: the code it would run (None: the installed package)."""
     if cell.split != "test" or not cell.reco:
         return
     choice = validation_choice(cell.method, results)
@@ -250,7 +318,7 @@ def check_test_cell(cell: Cell, data_root: str, results: dict[str, dict]) -> Non
     if choice.uncommitted:
         raise CellRefused(f"validation results of {cell.method} are not committed ({', '.join(choice.uncommitted)}): "
                           "commit them, then the defaults they choose, before any test cell")
-    ours = resolved_reco(cell, data_root)
+    ours = resolved_reco(cell, data_root, tree)
     if ours != choice.reco:
         differ = sorted(k for k in set(ours or {}) | set(choice.reco or {})
                         if (ours or {}).get(k) != (choice.reco or {}).get(k))
@@ -305,40 +373,41 @@ def curve_and_terms(run_dir: Path) -> tuple[list[dict[str, float | None]], list[
 
 
 def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
-    """Train (or resume) and evaluate ``cell``; write its result file once, at the end."""
+    """Train (or resume) and evaluate ``cell`` under its pinned code; write its result file
+    once, at the end."""
     result_file = RESULTS / f"{cell.name}.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     root = trainval_root(data) if cell.split == "trainval" else data
     data_root = os.path.relpath(root, ROOT)
-    check_test_cell(cell, data_root, load_results())
-    commit = code_commit()
+    commit = code_for(cell)
+    tree = code_tree(commit)
+    check_test_cell(cell, data_root, load_results(), tree)
     run_dir = RUNS / cell.name
     run_dir.mkdir(parents=True, exist_ok=True)
     started = run_dir / "commit.txt"
     if started.is_file():
         first = started.read_text().strip()
-        if not same_code(first):
-            raise CellRefused(f"{cell.name} started under commit {first[:10]}, whose {', '.join(CODE_PATHS)} "
-                              f"differ from HEAD's: delete {run_dir} to start it again under this code")
+        if not same_training_code(first, commit):
+            raise CellRefused(f"{cell.name} started under commit {first[:10]}, whose {', '.join(TRAINING_PATHS)} "
+                              f"differ from those of {commit[:10]}, which its group now runs: delete {run_dir} "
+                              "to start it again")
+        commit = first
     else:
         started.write_text(commit + "\n")
-        first = commit
-    reco = resolved_reco(cell, data_root)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    reco = resolved_reco(cell, data_root, tree)
+    env = code_env(tree)
     with open(run_dir / "train.log", "a") as log:
         subprocess.run([sys.executable, "-m", "reco_lightning", *cell.arguments(data_root),
                         f"hydra.run.dir={run_dir}", "resume=auto"],
                        env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
-        if not same_code(first):
-            raise CellRefused(f"the code changed while {cell.name} trained: delete {run_dir} and run it again")
         subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run_dir}", "map.enabled=false",
                         "progress=false"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text())
     curve, terms = curve_and_terms(run_dir)
     result = {
-        "cell": cell.name, "protocol": PROTOCOL, "commit": first, "split": cell.split, "data_root": data_root,
+        "cell": cell.name, "protocol": PROTOCOL, "commit": commit, "split": cell.split, "data_root": data_root,
         "method": cell.method, "reco": cell.reco, "setting": cell.setting, "seed": cell.seed,
         "protocol_overrides": PROTOCOL_OVERRIDES, "overrides": list(cell.overrides),
         "command": ["python", "-m", "reco_lightning", *cell.arguments(data_root), "resume=auto"],
