@@ -508,6 +508,8 @@ def command_report(args: argparse.Namespace) -> None:
     if args.protocol == quality_v2.PROTOCOL:
         results = quality_v2.load_results()
         quality_v2.report(results)
+        if args.plots and results:
+            quality_v2.plot_curves(results, ROOT / "docs" / "img")
         if args.docs:
             write_docs(results, blocks=quality_v2.DOC_BLOCKS)
         return

@@ -552,3 +552,39 @@ def report(results: dict[str, dict]) -> None:
         print(f"## {name}\n")
         function(results)
         print()
+
+
+def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
+    """kNN per epoch of each method's cells, ReCo off (blue) and on (red): the validation
+    defaults (dotted), the test grid (one line per seed) and the 60-epoch and 32 px runs
+    (thick), one figure per method: ``docs/img/quality_v2_<method>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"val": ":", "test": "-", "e60": "-", "32px": "-."}
+    for method in METHODS:
+        runs = [(name, r) for name, r in results.items()
+                if r["method"] == method and (r["setting"] in (None, "off", "default"))
+                and "-ec" not in name]
+        if not runs:
+            continue
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for name, r in runs:
+            kind = "val" if r["split"] == "trainval" else "e60" if "-e60-" in name else "32px" if "-32px-" in name else "test"
+            epochs = [0] + [p["epoch"] for p in r["curve"]]
+            knn = [r["knn_random_init"]] + [p["knn"] for p in r["curve"]]
+            axis.plot(epochs, [100 * v for v in knn], styles[kind], color="tab:red" if r["reco"] else "tab:blue",
+                      linewidth=2.0 if kind in ("e60", "32px") else 1.0, alpha=0.9,
+                      label=f"{'on' if r['reco'] else 'off'}, {kind}, seed {r['seed']}")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("kNN top-1 (%): val cells on 5,000 held-out, others on the test images")
+        axis.set_title(f"{method}: protocol {PROTOCOL}")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out_dir / f"quality_v2_{method}.png", dpi=100)
+        plt.close(figure)
+        print(f"wrote {out_dir / f'quality_v2_{method}.png'}")

@@ -115,3 +115,24 @@ def test_eval_command_without_a_checkpoint_is_a_message(tmp_path):
     done = subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={tmp_path / 'x.ckpt'}"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2 and "no checkpoint at" in done.stderr
+
+
+def test_help_lists_the_presets_without_importing_lightning():
+    """``--help`` reads the groups off the YAML presets: no schema, so no Lightning (8 s of
+    imports here) and no torch; the methods it lists are the shipped presets."""
+    script = (
+        "import runpy, sys\n"
+        "sys.argv = ['reco_lightning', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('reco_lightning', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as done:\n"
+        "    assert done.code == 0, done.code\n"
+        "heavy = sorted(m for m in ('lightning', 'torch', 'torchvision') if m in sys.modules)\n"
+        "print('IMPORTED', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "IMPORTED []" in done.stdout
+    for method in ("byol", "moco", "simclr", "simsiam"):
+        assert f"    {method} " in done.stdout
+    assert "+reco=" in done.stdout and "imagefolder" in done.stdout

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "data": 1, "reco": 1,
     "methods": 2,
     "callbacks": 3, "metrics_log": 3, "trackers": 3, "run_dir": 3, "eval": 3, "report": 3,
-    "launch": 4, "train": 4, "cli_checks": 4, "schema": 4,
+    "launch": 4, "train": 4, "cli_checks": 4, "cli_help": 4, "schema": 4,
     "worker": 5, "__main__": 5, "__init__": 5, "export": 5,
 }
 

@@ -38,6 +38,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
+        from .cli_help import print_help
+
+        print_help()  # without composing the config, so without importing Lightning
+        sys.exit(0)
     from .cli_checks import check_or_exit
 
     check_or_exit("reco_lightning", sys.argv[1:])  # before Hydra creates the run directory

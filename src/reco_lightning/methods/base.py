@@ -27,7 +27,7 @@ from ..errors import ConfigError, NonFiniteLossError, positive
 from ..metrics.diagnostics import relation_diagnostics, view_pair_features
 from ..metrics.knn import KNNMonitor
 from ..models import build_backbone
-from ..reco import ReCo, log_reco_terms, training_progress
+from ..reco import ReCo, ReCoMixin
 from ..reco.teacher import trainable_children
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
@@ -127,7 +127,7 @@ class MethodOutput:
     negatives: Tensor | None = None
 
 
-class SSLMethod(L.LightningModule):
+class SSLMethod(ReCoMixin, L.LightningModule):
     """Base LightningModule of the built-in self-supervised methods.
 
     Args:
@@ -273,21 +273,16 @@ class SSLMethod(L.LightningModule):
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         view1, view2 = (self._memory_format(v) for v in batch["strong"])
+        views: dict[str, Any] = {"strong": [view1, view2]}
         if "weak" in batch:
-            batch = {**batch, "weak": self._memory_format(batch["weak"])}
+            views["weak"] = self._memory_format(batch["weak"])
         output = self.method_step(view1, view2)
         loss = output.loss
         self.log("train/loss_method", output.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
         terms = {"train/loss_method": output.loss}
-        if self.reco is not None:
-            if "weak" not in batch:
-                raise ConfigError(
-                    "ReCo is on but the batch has no weak view: build the datamodule with weak_view=True"
-                )
-            reco = self.reco(self, view1, view2, batch["weak"], q1=output.q1, k2=output.k2,
-                             negatives=output.negatives, progress=training_progress(self),
-                             method_loss=output.loss)
-            log_reco_terms(self, reco)
+        if self.reco is not None:  # the path a user module takes: ReCoMixin's
+            reco = self.reco_terms(views, q1=output.q1, k2=output.k2, negatives=output.negatives,
+                                   method_loss=output.loss)
             loss = loss + reco.weighted
             terms.update({"train/loss_global": reco.global_, "train/loss_local": reco.local})
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .module import ReCo, ReCoTerms, TrainingProgress
 
 
@@ -74,7 +75,7 @@ def split_views(views: Mapping[str, Any] | Sequence[Tensor]) -> tuple[Tensor, Te
     (``{"strong": [v1, v2], "weak": w, ...}``) or a sequence of the three views."""
     if isinstance(views, Mapping):
         if "weak" not in views:
-            raise ValueError(
+            raise ConfigError(
                 "ReCo needs a weak view and the batch has none: build the datamodule with weak_view=True"
             )
         strong1, strong2 = views["strong"]
@@ -93,6 +94,7 @@ class ReCoMixin:
         views: Mapping[str, Any] | Sequence[Tensor],
         q1: Tensor | None = None,
         k2: Tensor | None = None,
+        negatives: Tensor | None = None,
         method_loss: Tensor | None = None,
     ) -> Tensor:
         """ReCo's weighted terms for this batch (add it to your loss), logged as ``train/...``.
@@ -101,9 +103,23 @@ class ReCoMixin:
             views: the batch (``{"strong": [v1, v2], "weak": w}``) or ``(v1, v2, weak)``.
             q1, k2: ``online_embedding(v1)`` and ``target_embedding(v2)`` if your step has
                 them already: ReCo then costs one teacher pass and one online pass fewer.
+            negatives: your own queue's written rows, taken before this step's keys went in,
+                for a ReCo built with ``borrows_negatives=True`` (a MoCo-like method).
             method_loss: your method's loss; needed with ``reco.scale=relative``, which
                 weighs each term against it.
         """
+        return self.reco_terms(views, q1, k2, negatives, method_loss).weighted
+
+    def reco_terms(
+        self,
+        views: Mapping[str, Any] | Sequence[Tensor],
+        q1: Tensor | None = None,
+        k2: Tensor | None = None,
+        negatives: Tensor | None = None,
+        method_loss: Tensor | None = None,
+    ) -> ReCoTerms:
+        """:meth:`reco_loss`, returning everything the call computed (each term, the weights
+        in effect) for a caller that checks or measures the terms, as the built-in methods do."""
         reco = getattr(self, "reco", None)
         if not isinstance(reco, ReCo):
             raise RuntimeError(
@@ -111,7 +127,7 @@ class ReCoMixin:
                 f"network, set self.reco = ReCo(settings, embedding_dim, self)"
             )
         strong1, strong2, weak = split_views(views)
-        terms = reco(self, strong1, strong2, weak, q1=q1, k2=k2, progress=training_progress(self),  # type: ignore[arg-type]
-                     method_loss=method_loss)
+        terms = reco(self, strong1, strong2, weak, q1=q1, k2=k2, negatives=negatives,  # type: ignore[arg-type]
+                     progress=training_progress(self), method_loss=method_loss)
         log_reco_terms(self, terms)
-        return terms.weighted
+        return terms
