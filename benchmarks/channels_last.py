@@ -32,7 +32,10 @@ def main() -> None:
     nets = {}
     for channels_last in (False, True):
         net, _ = build_backbone("resnet18", args.width, args.image_size <= 64)
-        nets[channels_last] = net.to(args.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        nets[channels_last] = net.to(
+            args.device,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        )
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
     for _ in range(args.rounds):
         for channels_last, net in nets.items():
@@ -48,10 +51,14 @@ def main() -> None:
                 torch.cuda.synchronize()
             times[channels_last].append((time.perf_counter() - started) / args.steps)
     contiguous, channels_last = statistics.median(times[False]), statistics.median(times[True])
-    print(f"ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"contiguous    {contiguous:.3f} s/step\nchannels-last {channels_last:.3f} s/step\n"
-          f"ratio         {channels_last / contiguous:.2f}")
+    print(
+        f"ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"contiguous    {contiguous:.3f} s/step\nchannels-last {channels_last:.3f} s/step\n"
+        f"ratio         {channels_last / contiguous:.2f}"
+    )
 
 
 if __name__ == "__main__":

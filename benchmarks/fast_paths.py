@@ -53,7 +53,9 @@ def timed(fn: Callable[[], object], device: str) -> float:
     return time.perf_counter() - started
 
 
-def alternate(candidates: dict[str, Callable[[], object]], rounds: int, device: str) -> dict[str, float]:
+def alternate(
+    candidates: dict[str, Callable[[], object]], rounds: int, device: str
+) -> dict[str, float]:
     """Median seconds of each candidate, run one after another in every round so a drift of
     the machine's speed hits all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in candidates}
@@ -65,13 +67,17 @@ def alternate(candidates: dict[str, Callable[[], object]], rounds: int, device: 
 
 def bench_optimizer(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    model = METHODS[args.method](num_classes=10, backbone_width=args.width, small_stem=True).to(args.device)
+    model = METHODS[args.method](num_classes=10, backbone_width=args.width, small_stem=True).to(
+        args.device
+    )
     for param in model.parameters():
         param.grad = torch.randn_like(param) * 1e-2
     tensors = sum(1 for p in model.parameters())
-    print(f"optimizer.step() over {args.method}'s {tensors} tensors "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), width {args.width}, "
-          f"{args.device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n")
+    print(
+        f"optimizer.step() over {args.method}'s {tensors} tensors "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), width {args.width}, "
+        f"{args.device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n"
+    )
     print("| optimizer | kernel | step (ms) | vs loop |")
     print("| --- | --- | ---: | ---: |")
     for name, kernels in (("sgd", ("loop", "foreach", "fused")), ("lars", ("loop", "foreach"))):
@@ -85,21 +91,35 @@ def bench_optimizer(args: argparse.Namespace) -> None:
             candidates[kernel] = optimizer.step
         medians = alternate(candidates, args.rounds, args.device)
         for kernel, seconds in medians.items():
-            print(f"| {name} | {kernel} | {seconds * 1e3:.1f} | {seconds / medians['loop']:.2f} |", flush=True)
+            print(
+                f"| {name} | {kernel} | {seconds * 1e3:.1f} | {seconds / medians['loop']:.2f} |",
+                flush=True,
+            )
 
 
 def bench_compile(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore")
     batch = {
-        "strong": [torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
-                   for _ in range(2)],
+        "strong": [
+            torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
+            for _ in range(2)
+        ],
         "label": torch.randint(10, (args.batch_size,), device=args.device),
     }
     models = {}
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = MoCo(num_classes=10, backbone_width=args.width, small_stem=True, queue_size=4096,
-                     compile_backbone=compiled).to(args.device).train()
+        model = (
+            MoCo(
+                num_classes=10,
+                backbone_width=args.width,
+                small_stem=True,
+                queue_size=4096,
+                compile_backbone=compiled,
+            )
+            .to(args.device)
+            .train()
+        )
         model.setup("fit")
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         models["compiled" if compiled else "eager"] = (model, optimizer)
@@ -110,26 +130,48 @@ def bench_compile(args: argparse.Namespace) -> None:
         optimizer.step()
         model.on_train_batch_end(None, batch, 0)
 
-    first = {name: timed(lambda m=m, o=o: step(m, o), args.device) for name, (m, o) in models.items()}
-    medians = alternate({name: (lambda m=m, o=o: step(m, o)) for name, (m, o) in models.items()},
-                        args.rounds, args.device)
-    print(f"MoCo step, ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
-          f"{args.device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n")
+    first = {
+        name: timed(lambda m=m, o=o: step(m, o), args.device) for name, (m, o) in models.items()
+    }
+    medians = alternate(
+        {name: (lambda m=m, o=o: step(m, o)) for name, (m, o) in models.items()},
+        args.rounds,
+        args.device,
+    )
+    print(
+        f"MoCo step, ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
+        f"{args.device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n"
+    )
     print("| backbone | first step (s, includes compiling) | step (ms) | vs eager |")
     print("| --- | ---: | ---: | ---: |")
     for name, seconds in medians.items():
-        print(f"| {name} | {first[name]:.1f} | {seconds * 1e3:.0f} | {seconds / medians['eager']:.2f} |")
+        print(
+            f"| {name} | {first[name]:.1f} | {seconds * 1e3:.0f} | {seconds / medians['eager']:.2f} |"
+        )
 
 
 def bench_workers(args: argparse.Namespace) -> None:
-    data = dict(name="imagefolder", root=args.root) if args.root else dict(name="digits", image_size=32)
-    print(f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, {args.workers} workers, "
-          f"{f'first {args.batches} batches' if args.batches else 'whole epochs'} per pass, 3 passes\n")
-    print("| persistent_workers | first batch, pass 1 (s) | first batch, passes 2-3 (s) | 3 passes (s) |")
+    data = (
+        dict(name="imagefolder", root=args.root)
+        if args.root
+        else dict(name="digits", image_size=32)
+    )
+    print(
+        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, {args.workers} workers, "
+        f"{f'first {args.batches} batches' if args.batches else 'whole epochs'} per pass, 3 passes\n"
+    )
+    print(
+        "| persistent_workers | first batch, pass 1 (s) | first batch, passes 2-3 (s) | 3 passes (s) |"
+    )
     print("| --- | ---: | ---: | ---: |")
     for persistent in (False, True):
-        datamodule = SSLDataModule(**data, batch_size=args.batch_size, num_workers=args.workers,
-                                   persistent_workers=persistent, weak_view=True)
+        datamodule = SSLDataModule(
+            **data,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            persistent_workers=persistent,
+            weak_view=True,
+        )
         loader = datamodule.train_dataloader()
         waits, started = [], time.perf_counter()
         for _ in range(3):
@@ -140,7 +182,10 @@ def bench_workers(args: argparse.Namespace) -> None:
                 if args.batches and index + 1 >= args.batches:
                     break
         total = time.perf_counter() - started
-        print(f"| {persistent} | {waits[0]:.2f} | {statistics.mean(waits[1:]):.2f} | {total:.1f} |", flush=True)
+        print(
+            f"| {persistent} | {waits[0]:.2f} | {statistics.mean(waits[1:]):.2f} | {total:.1f} |",
+            flush=True,
+        )
         del loader
 
 
@@ -149,12 +194,17 @@ def bench_copies(args: argparse.Namespace) -> None:
         raise SystemExit("copies: host-to-device copies need a GPU (--device cuda)")
     views = 3
     shapes = {"uint8": torch.uint8, "float32": torch.float32}
-    print(f"{views} views x batch {args.batch_size} x {args.image_size} px to {torch.cuda.get_device_name()}, "
-          f"median of {args.rounds} rounds\n")
+    print(
+        f"{views} views x batch {args.batch_size} x {args.image_size} px to {torch.cuda.get_device_name()}, "
+        f"median of {args.rounds} rounds\n"
+    )
     print("| dtype | host memory | non_blocking | copy (ms) | vs pageable blocking |")
     print("| --- | --- | --- | ---: | ---: |")
     for label, dtype in shapes.items():
-        pageable = [torch.ones(args.batch_size, 3, args.image_size, args.image_size, dtype=dtype) for _ in range(views)]
+        pageable = [
+            torch.ones(args.batch_size, 3, args.image_size, args.image_size, dtype=dtype)
+            for _ in range(views)
+        ]
         pinned = [t.pin_memory() for t in pageable]
         candidates = {
             ("pageable", False): lambda: [t.to(args.device) for t in pageable],
@@ -165,25 +215,36 @@ def bench_copies(args: argparse.Namespace) -> None:
         medians = alternate(candidates, args.rounds, args.device)
         base = medians[("pageable", False)]
         for (memory, non_blocking), seconds in medians.items():
-            print(f"| {label} | {memory} | {non_blocking} | {seconds * 1e3:.2f} | {seconds / base:.2f} |")
+            print(
+                f"| {label} | {memory} | {non_blocking} | {seconds * 1e3:.2f} | {seconds / base:.2f} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["optimizer", "compile", "workers", "copies"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--method", default="byol", choices=sorted(METHODS), help="optimizer: whose parameters")
+    parser.add_argument(
+        "--method", default="byol", choices=sorted(METHODS), help="optimizer: whose parameters"
+    )
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--root", default=None, help="workers: image folder (default: the bundled digits)")
+    parser.add_argument(
+        "--root", default=None, help="workers: image folder (default: the bundled digits)"
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=0, help="workers: batches per pass (0: whole epochs)")
+    parser.add_argument(
+        "--batches", type=int, default=0, help="workers: batches per pass (0: whole epochs)"
+    )
     args = parser.parse_args()
-    {"optimizer": bench_optimizer, "compile": bench_compile, "workers": bench_workers, "copies": bench_copies}[
-        args.what
-    ](args)
+    {
+        "optimizer": bench_optimizer,
+        "compile": bench_compile,
+        "workers": bench_workers,
+        "copies": bench_copies,
+    }[args.what](args)
 
 
 if __name__ == "__main__":

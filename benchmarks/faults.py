@@ -88,7 +88,12 @@ TINY_DATA = [
 #: the same with a method chosen
 TINY = [*TINY_DATA, "method.proj_hidden_dim=64"]
 #: what keeps an evaluation that does run short
-EVAL_QUICK = ["progress=false", "linear.epochs=5", "map.enabled=false", "diagnostics.alignment_images=64"]
+EVAL_QUICK = [
+    "progress=false",
+    "linear.epochs=5",
+    "map.enabled=false",
+    "diagnostics.alignment_images=64",
+]
 
 #: a case's subprocess may run this long before it counts as a failure
 CASE_TIMEOUT_S = 600
@@ -110,11 +115,19 @@ class Fixtures:
         """A finished tiny MoCo + ReCo run."""
         argv = [sys.executable, "-m", TRAIN, "+method=moco", "+reco=on", *TINY, "hydra.run.dir=run"]
         print("fixture: training the tiny run ...", flush=True)
-        done = subprocess.run(argv, cwd=self.root, env=subprocess_env(), capture_output=True, text=True,
-                              timeout=CASE_TIMEOUT_S)
+        done = subprocess.run(
+            argv,
+            cwd=self.root,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=CASE_TIMEOUT_S,
+        )
         run = self.root / "run"
         if done.returncode != 0 or not (run / "checkpoints" / "last.ckpt").is_file():
-            sys.exit(f"faults.py: the fixture run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            sys.exit(
+                f"faults.py: the fixture run failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+            )
         return run
 
     @cached_property
@@ -147,15 +160,21 @@ class Fixtures:
     def corrupt_images(self) -> Path:
         folder = self.root / "corrupt_images"
         shutil.copytree(self.images, folder)
-        (folder / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not an image at all")
+        (folder / "train" / "a" / "broken.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n but not an image at all"
+        )
         return folder
 
     @cached_property
     def many_corrupt_images(self) -> Path:
         """120 training images and a broken one: too many at 224 px for the evaluation-view cache,
         so the kNN bank is read by the loader's worker processes."""
-        folder = make_image_folder(self.root / "many_corrupt_images", per_class=60, test_per_class=3)
-        (folder / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not an image at all")
+        folder = make_image_folder(
+            self.root / "many_corrupt_images", per_class=60, test_per_class=3
+        )
+        (folder / "train" / "a" / "broken.png").write_bytes(
+            b"\x89PNG\r\n\x1a\n but not an image at all"
+        )
         return folder
 
     @cached_property
@@ -171,12 +190,18 @@ class Fixtures:
 
 
 def make_image_folder(
-    root: Path, classes: Sequence[str] = ("a", "b"), per_class: int = 6, test_per_class: int | None = None
+    root: Path,
+    classes: Sequence[str] = ("a", "b"),
+    per_class: int = 6,
+    test_per_class: int | None = None,
 ) -> Path:
     """``root/{train,test}/<class>/<i>.png``: small distinct 16x16 RGB images."""
     from PIL import Image
 
-    for split, count in (("train", per_class), ("test", per_class if test_per_class is None else test_per_class)):
+    for split, count in (
+        ("train", per_class),
+        ("test", per_class if test_per_class is None else test_per_class),
+    ):
         for c, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True)
@@ -291,7 +316,10 @@ def cases() -> list[Case]:
         Case("misspelt key with + (+trainer.max_epoch=2)", tiny(*MOCO, "+trainer.max_epoch=2")),
         Case("misspelt key without + (trainer.max_epoch=2)", tiny(*MOCO, "trainer.max_epoch=2")),
         Case("misspelt reco key (reco.w_globl=1)", tiny(*MOCO_RECO, "reco.w_globl=1")),
-        Case("misspelt method key with + (+method.tempreature=0.5)", tiny(*MOCO, "+method.tempreature=0.5")),
+        Case(
+            "misspelt method key with + (+method.tempreature=0.5)",
+            tiny(*MOCO, "+method.tempreature=0.5"),
+        ),
         Case("value of the wrong type (knn.k=abc)", tiny(*MOCO, "knn.k=abc")),
         # -- ReCo's settings
         Case("reco.tau_student=0", tiny(*MOCO_RECO, "reco.tau_student=0")),
@@ -319,54 +347,136 @@ def cases() -> list[Case]:
         Case("dataset.batch_size=0", tiny(*MOCO, "dataset.batch_size=0")),
         Case("dataset.image_size=-1", tiny(*MOCO, "dataset.image_size=-1")),
         Case("dataset.augment_on=gpu", tiny(*MOCO, "dataset.augment_on=gpu")),
-        Case("dataset=cifar10 not downloaded", tiny(*MOCO, "dataset=cifar10", "dataset.num_workers=0")),
+        Case(
+            "dataset=cifar10 not downloaded",
+            tiny(*MOCO, "dataset=cifar10", "dataset.num_workers=0"),
+        ),
         Case("dataset=imagefolder without dataset.root", tiny(*MOCO, "dataset=imagefolder")),
-        Case("dataset.root a missing path", tiny(*MOCO, "dataset=imagefolder", "dataset.root=no/such/folder")),
-        Case("image folder without val/ or test/", tiny(*MOCO, *FOLDER, "dataset.batch_size=4"),
-             setup=make_paths({"images/train/a/0.png": b""})),
-        Case("image folder whose class folders are empty", tiny(*MOCO, *FOLDER, "dataset.batch_size=4"),
-             setup=make_paths(dirs=["images/train/a", "images/train/b", "images/test/a"])),
+        Case(
+            "dataset.root a missing path",
+            tiny(*MOCO, "dataset=imagefolder", "dataset.root=no/such/folder"),
+        ),
+        Case(
+            "image folder without val/ or test/",
+            tiny(*MOCO, *FOLDER, "dataset.batch_size=4"),
+            setup=make_paths({"images/train/a/0.png": b""}),
+        ),
+        Case(
+            "image folder whose class folders are empty",
+            tiny(*MOCO, *FOLDER, "dataset.batch_size=4"),
+            setup=make_paths(dirs=["images/train/a", "images/train/b", "images/test/a"]),
+        ),
         Case("dataset.batch_size larger than the image folder", tiny(*MOCO, *FOLDER), setup=images),
-        Case("image folder with a corrupt image", tiny(*MOCO_RECO, *FOLDER, "dataset.batch_size=4"),
-             setup=copy_fixture("corrupt_images", "images")),
-        Case("image folder with a corrupt image, read in 2 loader workers",
-             tiny(*MOCO_RECO, "dataset=imagefolder", "dataset.root=images", "dataset.batch_size=4",
-                  "dataset.image_size=224"),
-             setup=copy_fixture("many_corrupt_images", "images")),
+        Case(
+            "image folder with a corrupt image",
+            tiny(*MOCO_RECO, *FOLDER, "dataset.batch_size=4"),
+            setup=copy_fixture("corrupt_images", "images"),
+        ),
+        Case(
+            "image folder with a corrupt image, read in 2 loader workers",
+            tiny(
+                *MOCO_RECO,
+                "dataset=imagefolder",
+                "dataset.root=images",
+                "dataset.batch_size=4",
+                "dataset.image_size=224",
+            ),
+            setup=copy_fixture("many_corrupt_images", "images"),
+        ),
         Case("non-finite loss (optimizer.lr=1e30)", tiny(*MOCO, "optimizer.lr=1e30")),
         # -- run directories and resuming
-        Case("rerun into a finished run without resume", tiny(*MOCO_RECO, "hydra.run.dir=run"), setup=run),
-        Case("resume=RUN with +method=simclr", tiny("+method=simclr", "+reco=on", "resume=run"), setup=run),
-        Case("resume=RUN with +reco=off", tiny("+method=moco", "+reco=off", "resume=run"), setup=run),
-        Case("resume=RUN with dataset=cifar10", tiny(*MOCO_RECO, "dataset=cifar10", "resume=run"), setup=run),
-        Case("resume=<truncated ckpt>", tiny(*MOCO_RECO, "resume=truncated.ckpt"),
-             setup=copy_fixture("truncated", "truncated.ckpt")),
+        Case(
+            "rerun into a finished run without resume",
+            tiny(*MOCO_RECO, "hydra.run.dir=run"),
+            setup=run,
+        ),
+        Case(
+            "resume=RUN with +method=simclr",
+            tiny("+method=simclr", "+reco=on", "resume=run"),
+            setup=run,
+        ),
+        Case(
+            "resume=RUN with +reco=off", tiny("+method=moco", "+reco=off", "resume=run"), setup=run
+        ),
+        Case(
+            "resume=RUN with dataset=cifar10",
+            tiny(*MOCO_RECO, "dataset=cifar10", "resume=run"),
+            setup=run,
+        ),
+        Case(
+            "resume=<truncated ckpt>",
+            tiny(*MOCO_RECO, "resume=truncated.ckpt"),
+            setup=copy_fixture("truncated", "truncated.ckpt"),
+        ),
         Case("resume=<missing path>", tiny(*MOCO_RECO, "resume=no/such/run")),
-        Case("resume=auto with a truncated last.ckpt", tiny(*MOCO_RECO, "hydra.run.dir=run", "resume=auto"),
-             setup=truncate_last_checkpoint()),
-        Case("hydra.run.dir under a regular file", tiny(*MOCO_RECO, "hydra.run.dir=FILE/run"),
-             setup=make_paths({"FILE": b"a file, not a folder\n"})),
-        Case("checkpoints/ is a file (resume=auto)", tiny(*MOCO_RECO, "hydra.run.dir=DIR", "resume=auto"),
-             setup=make_paths({"DIR/checkpoints": b"a file, not a folder\n"})),
+        Case(
+            "resume=auto with a truncated last.ckpt",
+            tiny(*MOCO_RECO, "hydra.run.dir=run", "resume=auto"),
+            setup=truncate_last_checkpoint(),
+        ),
+        Case(
+            "hydra.run.dir under a regular file",
+            tiny(*MOCO_RECO, "hydra.run.dir=FILE/run"),
+            setup=make_paths({"FILE": b"a file, not a folder\n"}),
+        ),
+        Case(
+            "checkpoints/ is a file (resume=auto)",
+            tiny(*MOCO_RECO, "hydra.run.dir=DIR", "resume=auto"),
+            setup=make_paths({"DIR/checkpoints": b"a file, not a folder\n"}),
+        ),
         # -- evaluation
         Case("eval without checkpoint=", [*EVAL_QUICK], module=EVAL),
-        Case("eval a truncated ckpt", ["checkpoint=truncated.ckpt", *EVAL_QUICK], module=EVAL,
-             setup=copy_fixture("truncated", "truncated.ckpt")),
-        Case("eval an empty ckpt", ["checkpoint=empty.ckpt", *EVAL_QUICK], module=EVAL,
-             setup=copy_fixture("empty", "empty.ckpt")),
-        Case("eval a text file as ckpt", ["checkpoint=x.ckpt", *EVAL_QUICK], module=EVAL,
-             setup=copy_fixture("text", "x.ckpt")),
-        Case("eval a torch file that is no checkpoint", ["checkpoint=foreign.ckpt", *EVAL_QUICK], module=EVAL,
-             setup=copy_fixture("foreign", "foreign.ckpt")),
+        Case(
+            "eval a truncated ckpt",
+            ["checkpoint=truncated.ckpt", *EVAL_QUICK],
+            module=EVAL,
+            setup=copy_fixture("truncated", "truncated.ckpt"),
+        ),
+        Case(
+            "eval an empty ckpt",
+            ["checkpoint=empty.ckpt", *EVAL_QUICK],
+            module=EVAL,
+            setup=copy_fixture("empty", "empty.ckpt"),
+        ),
+        Case(
+            "eval a text file as ckpt",
+            ["checkpoint=x.ckpt", *EVAL_QUICK],
+            module=EVAL,
+            setup=copy_fixture("text", "x.ckpt"),
+        ),
+        Case(
+            "eval a torch file that is no checkpoint",
+            ["checkpoint=foreign.ckpt", *EVAL_QUICK],
+            module=EVAL,
+            setup=copy_fixture("foreign", "foreign.ckpt"),
+        ),
         Case("eval a missing path", ["checkpoint=no/such/run", *EVAL_QUICK], module=EVAL),
         Case("eval knn.k=0", ["checkpoint=run", "knn.k=0", *EVAL_QUICK], module=EVAL, setup=run),
-        Case("eval knn.temperature=-1", ["checkpoint=run", "knn.temperature=-1", *EVAL_QUICK], module=EVAL,
-             setup=run),
-        Case("eval misspelt key (knn.kk=3)", ["checkpoint=run", "knn.kk=3", *EVAL_QUICK], module=EVAL, setup=run),
-        Case("eval dataset=imagefolder without root", ["checkpoint=run", "dataset=imagefolder", *EVAL_QUICK],
-             module=EVAL, setup=run),
-        Case("eval device=cuda without a GPU", ["checkpoint=run", "device=cuda", *EVAL_QUICK], module=EVAL,
-             setup=run, cpu_only=True),
+        Case(
+            "eval knn.temperature=-1",
+            ["checkpoint=run", "knn.temperature=-1", *EVAL_QUICK],
+            module=EVAL,
+            setup=run,
+        ),
+        Case(
+            "eval misspelt key (knn.kk=3)",
+            ["checkpoint=run", "knn.kk=3", *EVAL_QUICK],
+            module=EVAL,
+            setup=run,
+        ),
+        Case(
+            "eval dataset=imagefolder without root",
+            ["checkpoint=run", "dataset=imagefolder", *EVAL_QUICK],
+            module=EVAL,
+            setup=run,
+        ),
+        Case(
+            "eval device=cuda without a GPU",
+            ["checkpoint=run", "device=cuda", *EVAL_QUICK],
+            module=EVAL,
+            setup=run,
+            cpu_only=True,
+        ),
     ]
 
 
@@ -425,8 +535,12 @@ class Message:
 
 def exception_line(lines: Sequence[str]) -> int:
     """The index of the exception's line: the first unindented line after the last traceback header."""
-    last = max((i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback")), default=-1)
-    return next((i for i in range(last + 1, len(lines)) if not lines[i][:1].isspace()), len(lines) - 1)
+    last = max(
+        (i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback")), default=-1
+    )
+    return next(
+        (i for i in range(last + 1, len(lines)) if not lines[i][:1].isspace()), len(lines) - 1
+    )
 
 
 def read_message(stderr: str) -> Message:
@@ -476,16 +590,30 @@ def run_case(case: Case, fixtures: Fixtures, workspace: Path) -> Outcome:
     before = snapshot(cwd)
     argv = [sys.executable, "-m", case.module, *case.argv]
     try:
-        done = subprocess.run(argv, cwd=cwd, env=subprocess_env(), capture_output=True, text=True,
-                              timeout=CASE_TIMEOUT_S)
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=CASE_TIMEOUT_S,
+        )
         returncode, stderr = done.returncode, done.stderr
     except subprocess.TimeoutExpired as error:
         returncode = None
-        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else (error.stderr or "")
+        stderr = (
+            error.stderr.decode(errors="replace")
+            if isinstance(error.stderr, bytes)
+            else (error.stderr or "")
+        )
     after = snapshot(cwd)
     left = new_paths(before, after) if returncode != 0 else []
-    stderr = stderr.replace(str(cwd.resolve()), "CWD").replace(str(cwd), "CWD")  # stable across runs
-    return Outcome(case, returncode, read_message(stderr), changed_files(before, after), left, stderr)
+    stderr = stderr.replace(str(cwd.resolve()), "CWD").replace(
+        str(cwd), "CWD"
+    )  # stable across runs
+    return Outcome(
+        case, returncode, read_message(stderr), changed_files(before, after), left, stderr
+    )
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -508,8 +636,15 @@ def row(outcome: Outcome) -> str:
     unchanged = "yes" if not outcome.changed else "no: " + ", ".join(outcome.changed[:3])
     left = ", ".join(outcome.left[:3]) or "-"
     cells = [
-        outcome.case.name, code(outcome.case.shown()), exit_code, code(m.first_line), yes_no(m.traceback),
-        yes_no(m.one_line), unchanged, left, "PASS" if outcome.passed else "**FAIL**",
+        outcome.case.name,
+        code(outcome.case.shown()),
+        exit_code,
+        code(m.first_line),
+        yes_no(m.traceback),
+        yes_no(m.one_line),
+        unchanged,
+        left,
+        "PASS" if outcome.passed else "**FAIL**",
     ]
     return "| " + " | ".join(cell(c) for c in cells) + " |"
 
@@ -530,10 +665,16 @@ def table(outcomes: Sequence[Outcome]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the markdown table to this file")
-    parser.add_argument("--only", help="run only the cases whose name contains this (case-insensitive)")
+    parser.add_argument(
+        "--only", help="run only the cases whose name contains this (case-insensitive)"
+    )
     parser.add_argument("--list", action="store_true", help="list the case names and exit")
-    parser.add_argument("--show-stderr", action="store_true", help="print the whole stderr of failing cases")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directories (printed)")
+    parser.add_argument(
+        "--show-stderr", action="store_true", help="print the whole stderr of failing cases"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directories (printed)"
+    )
     return parser.parse_args(argv)
 
 
@@ -557,7 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for number, case in enumerate(chosen, 1):
             if case.cpu_only and fixtures.gpu:
-                print(f"[{number}/{len(chosen)}] {case.name}: skipped (this machine has a GPU)", flush=True)
+                print(
+                    f"[{number}/{len(chosen)}] {case.name}: skipped (this machine has a GPU)",
+                    flush=True,
+                )
                 continue
             outcome = run_case(case, fixtures, workspace)
             outcomes.append(outcome)

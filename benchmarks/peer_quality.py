@@ -33,6 +33,7 @@ from reco_lightning import train as train_module  # noqa: E402
 from reco_lightning.methods.base import MethodOutput, SSLMethod  # noqa: E402
 from reco_lightning.utils.optim import split_decay_groups  # noqa: E402
 
+
 class LightlyPeer(SSLMethod):
     """Our base class (backbone, probe, optimizer, schedule, kNN) around a lightly model.
 
@@ -59,9 +60,16 @@ class LightlyPeer(SSLMethod):
     ) -> None:
         super().__init__(**kwargs)
         if self.peer_name == "moco" and (symmetric or momentum_schedule != "constant"):
-            raise ValueError("the lightly MoCo peer is one-sided with a constant momentum, as our preset")
-        settings = dict(temperature=temperature, momentum=momentum, proj_hidden_dim=proj_hidden_dim,
-                        proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim)
+            raise ValueError(
+                "the lightly MoCo peer is one-sided with a constant momentum, as our preset"
+            )
+        settings = dict(
+            temperature=temperature,
+            momentum=momentum,
+            proj_hidden_dim=proj_hidden_dim,
+            proj_output_dim=proj_output_dim,
+            pred_hidden_dim=pred_hidden_dim,
+        )
         if self.peer_name == "moco":
             self.peer = peers.LightlyMoCo(self.backbone, self.feature_dim, queue_size, settings)
         elif self.peer_name == "simclr":

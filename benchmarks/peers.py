@@ -143,26 +143,34 @@ class LightlyModel(nn.Module):
 class LightlyMoCo(LightlyModel):
     """MoCo v2 as in lightly's example: momentum key encoder, NTXentLoss with a memory bank."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, queue_size: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, queue_size: int, settings: dict[str, Any]
+    ) -> None:
         super().__init__(backbone, feature_dim)
         hidden, out = settings["proj_hidden_dim"], settings["proj_output_dim"]
-        self.projection_head = ProjectionHead([
-            (feature_dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
-            (hidden, out, nn.BatchNorm1d(out, affine=False), None),  # no bias: a BN follows
-        ])
+        self.projection_head = ProjectionHead(
+            [
+                (feature_dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
+                (hidden, out, nn.BatchNorm1d(out, affine=False), None),  # no bias: a BN follows
+            ]
+        )
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         self.momentum = settings["momentum"]
-        self.criterion = NTXentLoss(temperature=settings["temperature"], memory_bank_size=(queue_size, out))
+        self.criterion = NTXentLoss(
+            temperature=settings["temperature"], memory_bank_size=(queue_size, out)
+        )
 
     def method_loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
         update_momentum(self.backbone, self.backbone_momentum, m=self.momentum)
         update_momentum(self.projection_head, self.projection_head_momentum, m=self.momentum)
         features = self.features(view1)
         query = self.projection_head(features)
-        key = self.projection_head_momentum(self.backbone_momentum(view2).flatten(start_dim=1)).detach()
+        key = self.projection_head_momentum(
+            self.backbone_momentum(view2).flatten(start_dim=1)
+        ).detach()
         return self.criterion(query, key), features
 
 
@@ -174,10 +182,12 @@ class LightlySimCLR(LightlyModel):
         hidden, out = settings["proj_hidden_dim"], settings["proj_output_dim"]
         # SimCLRProjectionHead(batch_norm=True) would add a BatchNorm after the output layer,
         # which our SimCLR projector does not have: explicit blocks match it exactly.
-        self.projection_head = ProjectionHead([
-            (feature_dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
-            (hidden, out, None, None),
-        ])
+        self.projection_head = ProjectionHead(
+            [
+                (feature_dim, hidden, nn.BatchNorm1d(hidden), nn.ReLU()),
+                (hidden, out, None, None),
+            ]
+        )
         self.criterion = NTXentLoss(temperature=settings["temperature"])
 
     def method_loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
@@ -190,7 +200,9 @@ class LightlySimCLR(LightlyModel):
 class LightlyBYOL(LightlyModel):
     """BYOL as in lightly's example: BYOL heads, EMA target on a cosine schedule."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, total_steps: int, settings: dict[str, Any]
+    ) -> None:
         super().__init__(backbone, feature_dim)
         out = settings["proj_output_dim"]
         # lightly's BYOL heads are Linear (no bias)-BN-ReLU-Linear: our mlp_head exactly.
@@ -208,7 +220,9 @@ class LightlyBYOL(LightlyModel):
         return self.prediction_head(self.projection_head(features))
 
     def target(self, images: Tensor) -> Tensor:
-        return self.projection_head_momentum(self.backbone_momentum(images).flatten(start_dim=1)).detach()
+        return self.projection_head_momentum(
+            self.backbone_momentum(images).flatten(start_dim=1)
+        ).detach()
 
     def method_loss(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
         momentum = cosine_schedule(self.steps_done, self.total_steps, self.base_momentum, 1.0)
@@ -226,12 +240,20 @@ class LightlyBYOL(LightlyModel):
 def build_ours(name: str, args: argparse.Namespace) -> nn.Module:
     extra: dict[str, Any] = {}
     if name == "moco":
-        extra = dict(queue_size=args.queue_size, symmetric=False, proj_output_bn=True, momentum_schedule="constant")
+        extra = dict(
+            queue_size=args.queue_size,
+            symmetric=False,
+            proj_output_bn=True,
+            momentum_schedule="constant",
+        )
     torch.manual_seed(args.seed)
     cls = {"moco": MoCo, "simclr": SimCLR, "byol": BYOL}[name]
     model = cls(
-        num_classes=NUM_CLASSES, backbone_width=args.width, small_stem=args.image_size <= 64,
-        **SETTINGS[name], **extra,
+        num_classes=NUM_CLASSES,
+        backbone_width=args.width,
+        small_stem=args.image_size <= 64,
+        **SETTINGS[name],
+        **extra,
     )
     return model.to(args.device).train()
 
@@ -241,8 +263,9 @@ def build_lightly(name: str, args: argparse.Namespace) -> LightlyModel:
     torch.manual_seed(args.seed)
     # the same initialisation as ours (SSLMethod's default zero_init_residual=True), so both
     # sides start from identical weights
-    backbone, feature_dim = build_backbone("resnet18", args.width, small_stem=args.image_size <= 64,
-                                           zero_init_residual=True)
+    backbone, feature_dim = build_backbone(
+        "resnet18", args.width, small_stem=args.image_size <= 64, zero_init_residual=True
+    )
     settings = SETTINGS[name]
     if name == "moco":
         model: LightlyModel = LightlyMoCo(backbone, feature_dim, args.queue_size, settings)
@@ -272,7 +295,9 @@ def ours_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[st
     return loss.detach()
 
 
-def lightly_step(model: LightlyModel, optimizer: torch.optim.Optimizer, batch: dict[str, Any]) -> Tensor:
+def lightly_step(
+    model: LightlyModel, optimizer: torch.optim.Optimizer, batch: dict[str, Any]
+) -> Tensor:
     """A plain PyTorch step of the lightly model (lightly's examples use the same four calls)."""
     optimizer.zero_grad(set_to_none=True)
     loss = model.training_loss(batch)
@@ -311,14 +336,18 @@ class Result:
     def row(self, name: str, batch_size: int) -> str:
         ours, theirs = statistics.median(self.ours), statistics.median(self.theirs)
         per_round = [o / t for o, t in zip(self.ours, self.theirs)]
-        return (f"| {name} | {batch_size / ours:,.0f} | {batch_size / theirs:,.0f} | {ours / theirs:.2f} | "
-                f"{min(per_round):.2f}-{max(per_round):.2f} |")
+        return (
+            f"| {name} | {batch_size / ours:,.0f} | {batch_size / theirs:,.0f} | {ours / theirs:.2f} | "
+            f"{min(per_round):.2f}-{max(per_round):.2f} |"
+        )
 
 
 def max_difference(a: nn.Module, b: nn.Module) -> float:
     """Largest absolute difference between two modules' matching state-dict entries."""
     sa, sb = a.state_dict(), b.state_dict()
-    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if k in sb and sa[k].numel())
+    return max(
+        float((sa[k].float() - sb[k].float()).abs().max()) for k in sa if k in sb and sa[k].numel()
+    )
 
 
 def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Result:
@@ -328,21 +357,36 @@ def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Resul
     run_ours = partial(ours_step, ours, ours_opt, batch)
     run_theirs = partial(lightly_step, theirs, theirs_opt, batch)
     result = Result()
-    bank_at_start = theirs.criterion.memory_bank.bank.clone() if args.check and name == "moco" else None
+    bank_at_start = (
+        theirs.criterion.memory_bank.bank.clone() if args.check and name == "moco" else None
+    )
     if args.check:
         weights = max_difference(ours.backbone, theirs.backbone)
-        result.check(weights == 0.0, f"{name}: initial backbone weights, max |ours - lightly| = {weights:.1e} (must be 0)")
+        result.check(
+            weights == 0.0,
+            f"{name}: initial backbone weights, max |ours - lightly| = {weights:.1e} (must be 0)",
+        )
     first = (run_ours(), run_theirs())  # step 0, the first warm-up step
     if args.check:
         loss_ours, loss_theirs = (float(loss) for loss in first)
         relative = abs(loss_ours - loss_theirs) / max(abs(loss_theirs), 1e-12)
-        result.check(relative <= CHECK_RTOL, f"{name}: step-0 loss (method + probe) ours {loss_ours:.5f}, "
-                     f"lightly {loss_theirs:.5f} (relative difference {relative:.1e}, at most {CHECK_RTOL:.0e})")
+        result.check(
+            relative <= CHECK_RTOL,
+            f"{name}: step-0 loss (method + probe) ours {loss_ours:.5f}, "
+            f"lightly {loss_theirs:.5f} (relative difference {relative:.1e}, at most {CHECK_RTOL:.0e})",
+        )
         if name == "moco":
             written = slice(0, args.batch_size)
-            diff = float((ours.queue.features[written] - theirs.criterion.memory_bank.bank[written]).abs().max())
-            result.check(diff <= CHECK_ATOL_KEYS, f"moco: step-0 keys written, max |our queue - lightly bank| = "
-                         f"{diff:.1e} (at most {CHECK_ATOL_KEYS:.0e})")
+            diff = float(
+                (ours.queue.features[written] - theirs.criterion.memory_bank.bank[written])
+                .abs()
+                .max()
+            )
+            result.check(
+                diff <= CHECK_ATOL_KEYS,
+                f"moco: step-0 keys written, max |our queue - lightly bank| = "
+                f"{diff:.1e} (at most {CHECK_ATOL_KEYS:.0e})",
+            )
     for _ in range(args.warmup - 1):
         run_ours()
         run_theirs()
@@ -377,17 +421,24 @@ def self_times(step: Callable[[], Tensor]) -> dict[str, float]:
     return {event.key: event.self_cpu_time_total / 1e3 for event in prof.key_averages()}
 
 
-def profile_difference(name: str, run_ours: Callable[[], Tensor], run_theirs: Callable[[], Tensor],
-                       top: int) -> list[str]:
+def profile_difference(
+    name: str, run_ours: Callable[[], Tensor], run_theirs: Callable[[], Tensor], top: int
+) -> list[str]:
     """Where the two steps spend different time: the operators with the largest difference
     in self CPU time, ours minus lightly's, in one profiled step each."""
     ours, theirs = self_times(run_ours), self_times(run_theirs)
-    lines = [f"{name}: profiled step, total self CPU ours {sum(ours.values()):,.0f} ms, "
-             f"lightly {sum(theirs.values()):,.0f} ms; largest differences (ours - lightly):"]
-    keys = sorted(set(ours) | set(theirs), key=lambda k: -abs(ours.get(k, 0.0) - theirs.get(k, 0.0)))
+    lines = [
+        f"{name}: profiled step, total self CPU ours {sum(ours.values()):,.0f} ms, "
+        f"lightly {sum(theirs.values()):,.0f} ms; largest differences (ours - lightly):"
+    ]
+    keys = sorted(
+        set(ours) | set(theirs), key=lambda k: -abs(ours.get(k, 0.0) - theirs.get(k, 0.0))
+    )
     for key in keys[:top]:
-        lines.append(f"  {key}: {ours.get(key, 0.0):,.1f} vs {theirs.get(key, 0.0):,.1f} ms "
-                     f"({ours.get(key, 0.0) - theirs.get(key, 0.0):+,.1f})")
+        lines.append(
+            f"  {key}: {ours.get(key, 0.0):,.1f} vs {theirs.get(key, 0.0):,.1f} ms "
+            f"({ours.get(key, 0.0) - theirs.get(key, 0.0):+,.1f})"
+        )
     return lines
 
 
@@ -403,21 +454,39 @@ def missing_lightly_message() -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--width", type=int, default=64, help="backbone width (64 = torchvision's ResNet-18)")
+    parser.add_argument(
+        "--width", type=int, default=64, help="backbone width (64 = torchvision's ResNet-18)"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, one step of each side per round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each side first (at least 1)")
-    parser.add_argument("--queue-size", type=int, default=4096, help="MoCo's queue / lightly's memory bank")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed rounds, one step of each side per round"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps of each side first (at least 1)"
+    )
+    parser.add_argument(
+        "--queue-size", type=int, default=4096, help="MoCo's queue / lightly's memory bank"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--check", action="store_true",
-                        help="also print step-0 losses, initial-weight and memory-bank checks")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="also profile one step of each side and print the N operators whose "
-                             "self CPU time differs most between them")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="also print step-0 losses, initial-weight and memory-bank checks",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile one step of each side and print the N operators whose "
+        "self CPU time differs most between them",
+    )
     args = parser.parse_args()
     if args.warmup < 1 or args.rounds < 1:
         parser.error("--warmup and --rounds must be at least 1")
@@ -430,13 +499,17 @@ def main() -> None:
         sys.exit(missing_lightly_message())
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
     if not lightly.__version__.startswith("1.6"):
-        print(f"note: lightly {lightly.__version__} found; these peers were written against lightly 1.6")
+        print(
+            f"note: lightly {lightly.__version__} found; these peers were written against lightly 1.6"
+        )
     batch = make_batch(args)
     feature_dim = build_backbone("resnet18", args.width)[1]
-    print(f"# ours vs lightly: ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
-          f"{args.device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-          f"lightly {lightly.__version__}; {args.warmup} warm-up steps, {args.rounds} rounds, "
-          f"MoCo queue {args.queue_size}")
+    print(
+        f"# ours vs lightly: ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
+        f"{args.device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"lightly {lightly.__version__}; {args.warmup} warm-up steps, {args.rounds} rounds, "
+        f"MoCo queue {args.queue_size}"
+    )
     print("\n| method | ours (img/s) | lightly (img/s) | ours / lightly time | per-round range |")
     print("| --- | ---: | ---: | ---: | ---: |")
     checks: list[str] = []
@@ -446,8 +519,10 @@ def main() -> None:
         print(result.row(name, args.batch_size), flush=True)
         checks += result.checks
         failures += result.failures
-    print(f"\nBoth sides train a {feature_dim}x{NUM_CLASSES} linear probe on detached backbone features "
-          "(ours in training_step, lightly's as added here). Remaining differences:")
+    print(
+        f"\nBoth sides train a {feature_dim}x{NUM_CLASSES} linear probe on detached backbone features "
+        "(ours in training_step, lightly's as added here). Remaining differences:"
+    )
     for line in DIFFERENCES:
         print(f"- {line}")
     if checks:
@@ -455,7 +530,9 @@ def main() -> None:
         for line in checks:
             print(f"- {line}")
     if failures:
-        sys.exit(f"--check: {len(failures)} comparison(s) failed: the two sides do not compute the same step")
+        sys.exit(
+            f"--check: {len(failures)} comparison(s) failed: the two sides do not compute the same step"
+        )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,16 @@ PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 #: autocast (1.4x faster than fp32 at this size on these CPUs), 20 epochs.
 PROTOCOLS: dict[str, list[str]] = {
     "cpu16": [
-        "dataset=imagefolder", "dataset.image_size=16", "backbone.width=16", "dataset.batch_size=256",
-        "trainer.precision=bf16-mixed", "trainer.max_epochs=20", "dataset.num_workers=0",
-        "dataset.pin_memory=false", "trainer.enable_progress_bar=false", "pictures=false",
+        "dataset=imagefolder",
+        "dataset.image_size=16",
+        "backbone.width=16",
+        "dataset.batch_size=256",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=20",
+        "dataset.num_workers=0",
+        "dataset.pin_memory=false",
+        "trainer.enable_progress_bar=false",
+        "pictures=false",
     ],
 }
 METHODS = ("moco", "simclr", "byol")
@@ -98,12 +105,21 @@ class Cell:
     peer: bool = False  # the plain method built from lightly's parts (benchmarks/peer_quality.py)
 
     def command(self, protocol: str, root: Path, run_dir: Path) -> list[str]:
-        program = [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peer_quality.py")] if self.peer else \
-            [sys.executable, "-m", "reco_lightning"]
+        program = (
+            [str(PEERS_PYTHON), str(ROOT / "benchmarks" / "peer_quality.py")]
+            if self.peer
+            else [sys.executable, "-m", "reco_lightning"]
+        )
         return [
-            *program, f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}",
-            *PROTOCOLS[protocol], f"dataset.root={root}", f"seed={self.seed}", *self.overrides,
-            f"hydra.run.dir={run_dir}", "resume=auto",
+            *program,
+            f"+method={self.method}",
+            f"+reco={'on' if self.reco else 'off'}",
+            *PROTOCOLS[protocol],
+            f"dataset.root={root}",
+            f"seed={self.seed}",
+            *self.overrides,
+            f"hydra.run.dir={run_dir}",
+            "resume=auto",
         ]
 
 
@@ -111,7 +127,9 @@ def grid_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
     """Each method with ReCo off and on, shipped presets, two seeds."""
     return [
         Cell(f"{method}-{'on' if reco else 'off'}-s{seed}", method, reco, seed)
-        for seed in seeds for method in METHODS for reco in (False, True)
+        for seed in seeds
+        for method in METHODS
+        for reco in (False, True)
     ]
 
 
@@ -133,7 +151,10 @@ def resolution_cells() -> list[Cell]:
     """SimCLR off and on at the CIFAR images' own 32 px (seed 0, 6 epochs, 4x the pixels of
     16 px): does the protocol's resolution decide the answer?"""
     overrides = ("dataset.image_size=32", "trainer.max_epochs=6")
-    return [Cell(f"simclr-{'on' if reco else 'off'}-s0-32px", "simclr", reco, 0, overrides) for reco in (False, True)]
+    return [
+        Cell(f"simclr-{'on' if reco else 'off'}-s0-32px", "simclr", reco, 0, overrides)
+        for reco in (False, True)
+    ]
 
 
 #: methods whose ReCo mixes with Mixup under ``reco.mix=auto`` (the others: CutMix)
@@ -145,15 +166,21 @@ def mixup_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
     Mixup (BYOL and MoCo, 2026-12-03), against the grid's cells of that method. The Mixup
     cells ran as ``reco.mix=mixup`` before it became the default; their result files are the
     grid's ``<method>-on-s0``/``-s1`` and the CutMix cells are the grid's earlier ones."""
-    return [Cell(f"{method}-on-cutmix-s{seed}", method, True, seed, ("reco.mix=cutmix",))
-            for method in MIXUP_METHODS for seed in seeds]
+    return [
+        Cell(f"{method}-on-cutmix-s{seed}", method, True, seed, ("reco.mix=cutmix",))
+        for method in MIXUP_METHODS
+        for seed in seeds
+    ]
 
 
 def negatives_cells(seeds: tuple[int, ...] = (0, 1)) -> list[Cell]:
     """SimCLR + ReCo with the local term's negatives from the batch (``reco.negatives=batch``)
     on the grid's seeds and split, against the grid's queue cells: it gained 0.56 kNN in the
     ablations (one seed, held-out split), and it reads no queue."""
-    return [Cell(f"simclr-on-negbatch-s{seed}", "simclr", True, seed, ("reco.negatives=batch",)) for seed in seeds]
+    return [
+        Cell(f"simclr-on-negbatch-s{seed}", "simclr", True, seed, ("reco.negatives=batch",))
+        for seed in seeds
+    ]
 
 
 def baseline_cells() -> list[Cell]:
@@ -173,7 +200,9 @@ def ablation_cells() -> list[Cell]:
         for name, overrides in settings.items():
             if method in MIXUP_METHODS and name not in ("off", "mixup"):
                 overrides = (*overrides, "reco.mix=cutmix")
-            cells.append(Cell(f"{method}-abl-{name}", method, name != "off", 0, overrides, split="trainval"))
+            cells.append(
+                Cell(f"{method}-abl-{name}", method, name != "off", 0, overrides, split="trainval")
+            )
     return cells
 
 
@@ -237,24 +266,50 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(run_dir / "train.log", "a") as log:
-        subprocess.run(cell.command(protocol, root, run_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True, cwd=ROOT)
         subprocess.run(
-            [sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run_dir}", "map.enabled=false",
-             "progress=false"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT,
+            cell.command(protocol, root, run_dir),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            cwd=ROOT,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reco_lightning.eval",
+                f"checkpoint={run_dir}",
+                "map.enabled=false",
+                "progress=false",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            cwd=ROOT,
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = read_curve(run_dir)
     evaluation = json.loads((run_dir / "eval.json").read_text())
     result = {
-        "cell": cell.name, "protocol": protocol, "protocol_overrides": PROTOCOLS[protocol],
-        "method": cell.method, "reco": cell.reco, "seed": cell.seed, "overrides": list(cell.overrides),
-        "split": cell.split, "peer": "lightly" if cell.peer else None, "epochs": summary["epochs"],
+        "cell": cell.name,
+        "protocol": protocol,
+        "protocol_overrides": PROTOCOLS[protocol],
+        "method": cell.method,
+        "reco": cell.reco,
+        "seed": cell.seed,
+        "overrides": list(cell.overrides),
+        "split": cell.split,
+        "peer": "lightly" if cell.peer else None,
+        "epochs": summary["epochs"],
         # training seconds without the kNN monitoring, summed over every resume
-        "train_time_s": round(curve[-1]["train_s"], 1), "fit_wall_s_last_session": summary["train_time_s"],
-        "knn_random_init": summary["knn_acc_random_init"], "curve": curve,
-        "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
+        "train_time_s": round(curve[-1]["train_s"], 1),
+        "fit_wall_s_last_session": summary["train_time_s"],
+        "knn_random_init": summary["knn_acc_random_init"],
+        "curve": curve,
+        "final_knn": evaluation["knn"]["top1"],
+        "final_linear": evaluation.get("linear", {}).get("top1"),
     }
     result_file.parent.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=2) + "\n")
@@ -271,14 +326,22 @@ EQUAL_TIME_EPOCHS = {"moco": 30, "simclr": 30, "byol": 28}
 def equal_time_cells() -> list[Cell]:
     """ReCo off, seed 0, trained for as many epochs as fit in the time ReCo on took
     (:data:`EQUAL_TIME_EPOCHS`): accuracy at equal wall time, not equal epochs."""
-    return [Cell(f"{method}-off-time-s0", method, False, 0, (f"trainer.max_epochs={epochs}",))
-            for method, epochs in EQUAL_TIME_EPOCHS.items()]
+    return [
+        Cell(f"{method}-off-time-s0", method, False, 0, (f"trainer.max_epochs={epochs}",))
+        for method, epochs in EQUAL_TIME_EPOCHS.items()
+    ]
 
 
 def select(cells_arg: str, protocol: str) -> list[Cell]:
-    cells = {"grid": grid_cells(), "ablations": ablation_cells(), "equal-time": equal_time_cells(),
-             "baselines": baseline_cells(), "resolution": resolution_cells(), "mixup": mixup_cells(),
-             "negatives": negatives_cells()}
+    cells = {
+        "grid": grid_cells(),
+        "ablations": ablation_cells(),
+        "equal-time": equal_time_cells(),
+        "baselines": baseline_cells(),
+        "resolution": resolution_cells(),
+        "mixup": mixup_cells(),
+        "negatives": negatives_cells(),
+    }
     chosen: list[Cell] = []
     by_name = {c.name: c for group in cells.values() for c in group}
     for part in cells_arg.split(","):
@@ -294,7 +357,9 @@ def select(cells_arg: str, protocol: str) -> list[Cell]:
 def command_run(args: argparse.Namespace) -> None:
     data = Path(args.root).resolve()
     if not (data / "train").is_dir():
-        raise SystemExit(f"--root {data}: no train/ folder (the CIFAR-10 image folder is ../shared/data/cifar10)")
+        raise SystemExit(
+            f"--root {data}: no train/ folder (the CIFAR-10 image folder is ../shared/data/cifar10)"
+        )
     if args.protocol == quality_v2.PROTOCOL:
         return run_v2(args.cells, data, args.jobs)
     cells = select(args.cells, args.protocol)
@@ -302,10 +367,16 @@ def command_run(args: argparse.Namespace) -> None:
     def one(cell: Cell) -> None:
         try:
             result = run_cell(cell, args.protocol, data)
-            print(f"{cell.name}: kNN {100 * result['final_knn']:.2f}, linear {100 * result['final_linear']:.2f}, "
-                  f"{result['train_time_s']:.0f} s", flush=True)
+            print(
+                f"{cell.name}: kNN {100 * result['final_knn']:.2f}, linear {100 * result['final_linear']:.2f}, "
+                f"{result['train_time_s']:.0f} s",
+                flush=True,
+            )
         except subprocess.CalledProcessError as error:
-            print(f"{cell.name}: failed ({error}); see {RUNS / args.protocol / cell.name / 'train.log'}", flush=True)
+            print(
+                f"{cell.name}: failed ({error}); see {RUNS / args.protocol / cell.name / 'train.log'}",
+                flush=True,
+            )
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, cells))
@@ -320,16 +391,24 @@ def run_v2(cells_arg: str, data: Path, jobs: int) -> None:
     for part in cells_arg.split(","):
         if part not in groups and part not in by_name:
             raise SystemExit(f"--cells: unknown cell or group {part!r}; groups: {sorted(groups)}")
-        chosen += [c for c in groups.get(part, [by_name.get(part)]) if c is not None and c not in chosen]
+        chosen += [
+            c for c in groups.get(part, [by_name.get(part)]) if c is not None and c not in chosen
+        ]
 
     def one(cell: quality_v2.Cell) -> None:
         try:
             result = quality_v2.run_cell(cell, data, trainval_root)
-            print(f"{cell.name}: kNN {pct(result['final_knn'])}, linear {pct(result['final_linear'])}", flush=True)
+            print(
+                f"{cell.name}: kNN {pct(result['final_knn'])}, linear {pct(result['final_linear'])}",
+                flush=True,
+            )
         except quality_v2.CellRefused as refusal:
             print(f"{cell.name}: refused: {refusal}", flush=True)
         except subprocess.CalledProcessError as error:
-            print(f"{cell.name}: failed ({error}); see {quality_v2.RUNS / cell.name / 'train.log'}", flush=True)
+            print(
+                f"{cell.name}: failed ({error}); see {quality_v2.RUNS / cell.name / 'train.log'}",
+                flush=True,
+            )
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(one, chosen))
@@ -350,29 +429,48 @@ def report_grid(results: dict[str, dict]) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         if GRID_CELL.fullmatch(name):
-            print(f"| {r['method']} | {'on' if r['reco'] else 'off'} | {r['seed']} | {pct(r['final_knn'])} | "
-                  f"{pct(r['final_linear'])} | {r['train_time_s']:.0f} |")
+            print(
+                f"| {r['method']} | {'on' if r['reco'] else 'off'} | {r['seed']} | {pct(r['final_knn'])} | "
+                f"{pct(r['final_linear'])} | {r['train_time_s']:.0f} |"
+            )
     print()
-    print("| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | off, equal time |")
+    print(
+        "| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | off, equal time |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in METHODS:
-        off = [r for name, r in results.items() if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-off-")]
-        on = [r for name, r in results.items() if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-on-")]
+        off = [
+            r
+            for name, r in results.items()
+            if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-off-")
+        ]
+        on = [
+            r
+            for name, r in results.items()
+            if GRID_CELL.fullmatch(name) and name.startswith(f"{method}-on-")
+        ]
         if not off or not on:
             continue
         mean = lambda rs, key: statistics.mean(r[key] for r in rs)  # noqa: E731
         time_on, time_off = mean(on, "train_time_s"), mean(off, "train_time_s")
         longer = results.get(f"{method}-off-time-s0")
-        equal_time = (f"{pct(longer['final_knn'])} ({longer['epochs']} ep, {longer['train_time_s']:.0f} s)"
-                      if longer else "—")
-        print(f"| {method} (seeds {len(off)}/{len(on)}) | {pct(mean(off, 'final_knn'))} | {pct(mean(on, 'final_knn'))} | "
-              f"{100 * (mean(on, 'final_knn') - mean(off, 'final_knn')):+.2f} | {pct(mean(off, 'final_linear'))} | "
-              f"{pct(mean(on, 'final_linear'))} | {time_on / time_off:.2f} | "
-              f"{equal_time} |")
+        equal_time = (
+            f"{pct(longer['final_knn'])} ({longer['epochs']} ep, {longer['train_time_s']:.0f} s)"
+            if longer
+            else "—"
+        )
+        print(
+            f"| {method} (seeds {len(off)}/{len(on)}) | {pct(mean(off, 'final_knn'))} | {pct(mean(on, 'final_knn'))} | "
+            f"{100 * (mean(on, 'final_knn') - mean(off, 'final_knn')):+.2f} | {pct(mean(off, 'final_linear'))} | "
+            f"{pct(mean(on, 'final_linear'))} | {time_on / time_off:.2f} | "
+            f"{equal_time} |"
+        )
 
 
 def report_baselines(results: dict[str, dict]) -> None:
-    print("| method | ours, ReCo off (seed 0) | lightly's parts, same job (seed 0) | ours - lightly | seed 0 - seed 1 (ours) |")
+    print(
+        "| method | ours, ReCo off (seed 0) | lightly's parts, same job (seed 0) | ours - lightly | seed 0 - seed 1 (ours) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for method in METHODS:
         ours, peer = results.get(f"{method}-off-s0"), results.get(f"{method}-lightly-s0")
@@ -380,69 +478,116 @@ def report_baselines(results: dict[str, dict]) -> None:
             continue
         other = results.get(f"{method}-off-s1")
         spread = f"{100 * (ours['final_knn'] - other['final_knn']):+.2f}" if other else "—"
-        print(f"| {method} | {pct(ours['final_knn'])} | {pct(peer['final_knn'])} | "
-              f"{100 * (ours['final_knn'] - peer['final_knn']):+.2f} | {spread} |")
+        print(
+            f"| {method} | {pct(ours['final_knn'])} | {pct(peer['final_knn'])} | "
+            f"{100 * (ours['final_knn'] - peer['final_knn']):+.2f} | {spread} |"
+        )
 
 
 def report_resolution(results: dict[str, dict]) -> None:
     off, on = results.get("simclr-off-s0-32px"), results.get("simclr-on-s0-32px")
     if off and on:
-        print("| SimCLR, seed 0 | kNN off | kNN on | on - off | linear off | linear on | time on / off |")
+        print(
+            "| SimCLR, seed 0 | kNN off | kNN on | on - off | linear off | linear on | time on / off |"
+        )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, suffix in (("16 px, 20 epochs (grid)", ""), ("32 px, 6 epochs", "-32px")):
             off, on = results.get(f"simclr-off-s0{suffix}"), results.get(f"simclr-on-s0{suffix}")
             if off and on:
-                print(f"| {label} | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
-                      f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
-                      f"{pct(on['final_linear'])} | {on['train_time_s'] / off['train_time_s']:.2f} |")
+                print(
+                    f"| {label} | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
+                    f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
+                    f"{pct(on['final_linear'])} | {on['train_time_s'] / off['train_time_s']:.2f} |"
+                )
 
 
 def report_mixup(results: dict[str, dict]) -> None:
     """ReCo with Mixup (the grid's cells, the default) against CutMix and ReCo off, for
     the methods whose default is Mixup."""
-    rows = [(method, seed, results.get(f"{method}-off-s{seed}"), results.get(f"{method}-on-cutmix-s{seed}"),
-             results.get(f"{method}-on-s{seed}")) for method in MIXUP_METHODS for seed in (0, 1)]
+    rows = [
+        (
+            method,
+            seed,
+            results.get(f"{method}-off-s{seed}"),
+            results.get(f"{method}-on-cutmix-s{seed}"),
+            results.get(f"{method}-on-s{seed}"),
+        )
+        for method in MIXUP_METHODS
+        for seed in (0, 1)
+    ]
     rows = [row for row in rows if all(row[2:])]
     if not rows:
         return
-    print("| method | seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |")
+    print(
+        "| method | seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method, seed, off, cutmix, mixup in rows:
-        print(f"| {method} | {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
-              f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | {100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
-              f"{pct(cutmix['final_linear'])} | {pct(mixup['final_linear'])} |")
+        print(
+            f"| {method} | {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
+            f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | {100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
+            f"{pct(cutmix['final_linear'])} | {pct(mixup['final_linear'])} |"
+        )
 
 
 def report_negatives(results: dict[str, dict]) -> None:
     """SimCLR + ReCo with batch negatives against the grid's queue cells, per seed."""
-    rows = [(seed, results.get(f"simclr-off-s{seed}"), results.get(f"simclr-on-s{seed}"),
-             results.get(f"simclr-on-negbatch-s{seed}")) for seed in (0, 1)]
+    rows = [
+        (
+            seed,
+            results.get(f"simclr-off-s{seed}"),
+            results.get(f"simclr-on-s{seed}"),
+            results.get(f"simclr-on-negbatch-s{seed}"),
+        )
+        for seed in (0, 1)
+    ]
     rows = [row for row in rows if all(row[1:])]
     if not rows:
         return
-    print("| SimCLR | seed | kNN off | kNN on, queue | kNN on, batch | batch - queue | batch - off | "
-          "linear queue | linear batch | time batch / queue |")
+    print(
+        "| SimCLR | seed | kNN off | kNN on, queue | kNN on, batch | batch - queue | batch - off | "
+        "linear queue | linear batch | time batch / queue |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for seed, off, queue, batch in rows:
-        print(f"| simclr | {seed} | {pct(off['final_knn'])} | {pct(queue['final_knn'])} | {pct(batch['final_knn'])} | "
-              f"{100 * (batch['final_knn'] - queue['final_knn']):+.2f} | {100 * (batch['final_knn'] - off['final_knn']):+.2f} | "
-              f"{pct(queue['final_linear'])} | {pct(batch['final_linear'])} | "
-              f"{batch['train_time_s'] / queue['train_time_s']:.2f} |")
+        print(
+            f"| simclr | {seed} | {pct(off['final_knn'])} | {pct(queue['final_knn'])} | {pct(batch['final_knn'])} | "
+            f"{100 * (batch['final_knn'] - queue['final_knn']):+.2f} | {100 * (batch['final_knn'] - off['final_knn']):+.2f} | "
+            f"{pct(queue['final_linear'])} | {pct(batch['final_linear'])} | "
+            f"{batch['train_time_s'] / queue['train_time_s']:.2f} |"
+        )
 
 
 def report_ablations(results: dict[str, dict]) -> None:
-    print("| method | setting | overrides | kNN (held-out 5,000) | linear | kNN vs off | kNN vs default | training time (s) |")
+    print(
+        "| method | setting | overrides | kNN (held-out 5,000) | linear | kNN vs off | kNN vs default | training time (s) |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    order = ["off", "default", *(name for name in ABLATIONS if name not in ("off", "default")), "teacher-online"]
+    order = [
+        "off",
+        "default",
+        *(name for name in ABLATIONS if name not in ("off", "default")),
+        "teacher-online",
+    ]
     for method in METHODS:
-        rows = {name.split("-abl-")[1]: r for name, r in results.items() if name.startswith(f"{method}-abl-")}
+        rows = {
+            name.split("-abl-")[1]: r
+            for name, r in results.items()
+            if name.startswith(f"{method}-abl-")
+        }
         off, default = rows.get("off"), rows.get("default")
-        for setting in sorted(rows, key=lambda name: order.index(name) if name in order else len(order)):
+        for setting in sorted(
+            rows, key=lambda name: order.index(name) if name in order else len(order)
+        ):
             r = rows[setting]
             vs_off = "" if off is None else f"{100 * (r['final_knn'] - off['final_knn']):+.2f}"
-            vs_default = "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
-            print(f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | {pct(r['final_knn'])} | "
-                  f"{pct(r['final_linear'])} | {vs_off} | {vs_default} | {r['train_time_s']:.0f} |")
+            vs_default = (
+                "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
+            )
+            print(
+                f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | {pct(r['final_knn'])} | "
+                f"{pct(r['final_linear'])} | {vs_off} | {vs_default} | {r['train_time_s']:.0f} |"
+            )
 
 
 def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
@@ -452,8 +597,12 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     for method in METHODS:
-        runs = [r for name, r in results.items()
-                if name.startswith(method) and (GRID_CELL.fullmatch(name) or re.fullmatch(r"\w+-on-cutmix-s\d+", name))]
+        runs = [
+            r
+            for name, r in results.items()
+            if name.startswith(method)
+            and (GRID_CELL.fullmatch(name) or re.fullmatch(r"\w+-on-cutmix-s\d+", name))
+        ]
         if not runs:
             continue
         figure, axis = plt.subplots(figsize=(6, 4))
@@ -461,10 +610,13 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
             epochs = [0] + [p["epoch"] for p in r["curve"]]
             knn = [r["knn_random_init"]] + [p["knn"] for p in r["curve"]]
             cutmix = "-cutmix-" in r["cell"]
-            axis.plot(epochs, [100 * v for v in knn],
-                      color="tab:gray" if cutmix else "tab:red" if r["reco"] else "tab:blue",
-                      linestyle="-" if r["seed"] == 0 else "--",
-                      label=f"ReCo {'on, CutMix' if cutmix else 'on' if r['reco'] else 'off'}, seed {r['seed']}")
+            axis.plot(
+                epochs,
+                [100 * v for v in knn],
+                color="tab:gray" if cutmix else "tab:red" if r["reco"] else "tab:blue",
+                linestyle="-" if r["seed"] == 0 else "--",
+                label=f"ReCo {'on, CutMix' if cutmix else 'on' if r['reco'] else 'off'}, seed {r['seed']}",
+            )
         axis.set_xlabel("epoch")
         axis.set_ylabel("kNN top-1 on the 10,000 test images (%)")
         axis.set_title(f"{method}: protocol {runs[0]['protocol']}")
@@ -478,12 +630,18 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
 
 
 #: generated blocks of docs/benchmarks.md: ``<!-- name -->`` ... ``<!-- /name -->``, and what fills each
-DOC_BLOCKS = {"quality-results": report_grid, "ablation-results": report_ablations,
-              "mixup-results": report_mixup, "resolution-results": report_resolution,
-              "negatives-results": report_negatives}
+DOC_BLOCKS = {
+    "quality-results": report_grid,
+    "ablation-results": report_ablations,
+    "mixup-results": report_mixup,
+    "resolution-results": report_resolution,
+    "negatives-results": report_negatives,
+}
 
 
-def write_docs(results: dict[str, dict], doc: Path = ROOT / "docs" / "benchmarks.md", blocks=None) -> None:
+def write_docs(
+    results: dict[str, dict], doc: Path = ROOT / "docs" / "benchmarks.md", blocks=None
+) -> None:
     """Refill the generated tables of ``doc`` from the result files."""
     text = doc.read_text()
     for name, report in (blocks or DOC_BLOCKS).items():
@@ -493,8 +651,12 @@ def write_docs(results: dict[str, dict], doc: Path = ROOT / "docs" / "benchmarks
         table = io.StringIO()
         with contextlib.redirect_stdout(table):
             report(results)
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: start + table.getvalue() + end, text,
-                      flags=re.S)
+        text = re.sub(
+            re.escape(start) + ".*?" + re.escape(end),
+            lambda _: start + table.getvalue() + end,
+            text,
+            flags=re.S,
+        )
     doc.write_text(text)
     print(f"refilled the tables of {doc}")
 
@@ -515,7 +677,9 @@ def command_report(args: argparse.Namespace) -> None:
         return
     results = load_results(args.protocol)
     if not results:
-        raise SystemExit(f"no results under {RESULTS / args.protocol} yet: run `quality.py run` first")
+        raise SystemExit(
+            f"no results under {RESULTS / args.protocol} yet: run `quality.py run` first"
+        )
     print(f"# Protocol {args.protocol}: {' '.join(PROTOCOLS[args.protocol])}\n")
     report_grid(results)
     print()
@@ -535,10 +699,14 @@ def command_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train and evaluate cells (skips those with a result file)")
-    run.add_argument("--cells", default="grid", help="grid, ablations, or cell names, comma-separated")
+    run.add_argument(
+        "--cells", default="grid", help="grid, ablations, or cell names, comma-separated"
+    )
     run.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     run.add_argument("--root", default=str(DEFAULT_DATA), help="image folder with train/ and test/")
     protocols = sorted([*PROTOCOLS, quality_v2.PROTOCOL])
@@ -548,7 +716,9 @@ def main() -> None:
     report = sub.add_parser("report", help="tables of the result files, and the curves")
     report.add_argument("--protocol", default=quality_v2.PROTOCOL, choices=protocols)
     report.add_argument("--no-plots", dest="plots", action="store_false")
-    report.add_argument("--docs", action="store_true", help="also refill the tables of docs/benchmarks.md")
+    report.add_argument(
+        "--docs", action="store_true", help="also refill the tables of docs/benchmarks.md"
+    )
     args = parser.parse_args()
     {"run": command_run, "decide": command_decide, "report": command_report}[args.command](args)
 

@@ -57,9 +57,16 @@ VAL_CODE = "960070b3c194057dc429cef5fa71a376ebb832ca"
 TEST_CODE: str | None = None
 
 PROTOCOL_OVERRIDES = [
-    "dataset=imagefolder", "dataset.image_size=16", "backbone.width=16", "dataset.batch_size=256",
-    "trainer.precision=bf16-mixed", "trainer.max_epochs=20", "dataset.num_workers=0",
-    "dataset.pin_memory=false", "trainer.enable_progress_bar=false", "pictures=false",
+    "dataset=imagefolder",
+    "dataset.image_size=16",
+    "backbone.width=16",
+    "dataset.batch_size=256",
+    "trainer.precision=bf16-mixed",
+    "trainer.max_epochs=20",
+    "dataset.num_workers=0",
+    "dataset.pin_memory=false",
+    "trainer.enable_progress_bar=false",
+    "pictures=false",
     "diagnostics.term_grad_steps=2",
 ]
 METHODS = ("moco", "simclr", "byol")
@@ -112,8 +119,14 @@ class Cell:
 
     def arguments(self, data_root: str) -> list[str]:
         """The CLI's overrides, without the run directory (recorded as they are)."""
-        return [f"+method={self.method}", f"+reco={'on' if self.reco else 'off'}", *PROTOCOL_OVERRIDES,
-                f"dataset.root={data_root}", f"seed={self.seed}", *self.overrides]
+        return [
+            f"+method={self.method}",
+            f"+reco={'on' if self.reco else 'off'}",
+            *PROTOCOL_OVERRIDES,
+            f"dataset.root={data_root}",
+            f"seed={self.seed}",
+            *self.overrides,
+        ]
 
 
 def val_cells(method: str | None = None) -> list[Cell]:
@@ -130,40 +143,77 @@ def val_cells(method: str | None = None) -> list[Cell]:
                 for m in methods:
                     if name in settings(m):
                         overrides = settings(m)[name]
-                        cells.append(Cell(f"val-{m}-{name}-s{seed}", m, overrides is not None, seed,
-                                          overrides or (), "trainval", name))
+                        cells.append(
+                            Cell(
+                                f"val-{m}-{name}-s{seed}",
+                                m,
+                                overrides is not None,
+                                seed,
+                                overrides or (),
+                                "trainval",
+                                name,
+                            )
+                        )
     return cells
 
 
 def test_cells() -> list[Cell]:
     """The headline grid: every method off and on, shipped defaults, three seeds."""
-    return [Cell(f"test-{m}-{'on' if reco else 'off'}-s{seed}", m, reco, seed)
-            for seed in TEST_SEEDS for m in METHODS for reco in (False, True)]
+    return [
+        Cell(f"test-{m}-{'on' if reco else 'off'}-s{seed}", m, reco, seed)
+        for seed in TEST_SEEDS
+        for m in METHODS
+        for reco in (False, True)
+    ]
 
 
 def equal_compute_cells() -> list[Cell]:
     """ReCo off for as many epochs as cost what 20 epochs of ReCo on cost (two seeds)."""
-    return [Cell(f"test-{m}-off-ec{EQUAL_COMPUTE_EPOCHS[m]}-s{seed}", m, False, seed,
-                 (f"trainer.max_epochs={EQUAL_COMPUTE_EPOCHS[m]}",))
-            for seed in (0, 1) for m in METHODS]
+    return [
+        Cell(
+            f"test-{m}-off-ec{EQUAL_COMPUTE_EPOCHS[m]}-s{seed}",
+            m,
+            False,
+            seed,
+            (f"trainer.max_epochs={EQUAL_COMPUTE_EPOCHS[m]}",),
+        )
+        for seed in (0, 1)
+        for m in METHODS
+    ]
 
 
 def long_cells() -> list[Cell]:
     """60 epochs (3x), seed 0: does the gap grow, hold or close?"""
-    return [Cell(f"test-{m}-{'on' if reco else 'off'}-e60-s0", m, reco, 0, ("trainer.max_epochs=60",))
-            for m in METHODS for reco in (False, True)]
+    return [
+        Cell(f"test-{m}-{'on' if reco else 'off'}-e60-s0", m, reco, 0, ("trainer.max_epochs=60",))
+        for m in METHODS
+        for reco in (False, True)
+    ]
 
 
 def px32_cells() -> list[Cell]:
     """The CIFAR images' own 32 px at about the same compute (width 8), 20 epochs, seed 0."""
-    return [Cell(f"test-{m}-{'on' if reco else 'off'}-32px-s0", m, reco, 0,
-                 ("dataset.image_size=32", "backbone.width=8"))
-            for m in METHODS for reco in (False, True)]
+    return [
+        Cell(
+            f"test-{m}-{'on' if reco else 'off'}-32px-s0",
+            m,
+            reco,
+            0,
+            ("dataset.image_size=32", "backbone.width=8"),
+        )
+        for m in METHODS
+        for reco in (False, True)
+    ]
 
 
 def groups() -> dict[str, list[Cell]]:
-    chosen = {"val": val_cells(), "test": test_cells(), "equal-compute": equal_compute_cells(),
-              "long": long_cells(), "32px": px32_cells()}
+    chosen = {
+        "val": val_cells(),
+        "test": test_cells(),
+        "equal-compute": equal_compute_cells(),
+        "long": long_cells(),
+        "32px": px32_cells(),
+    }
     chosen.update({f"val-{m}": val_cells(m) for m in METHODS})
     return chosen
 
@@ -174,7 +224,9 @@ class CellRefused(Exception):
 
 
 def git(*arguments: str) -> str:
-    return subprocess.run(["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *arguments], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def code_for(cell: Cell) -> str:
@@ -182,8 +234,10 @@ def code_for(cell: Cell) -> str:
     if cell.split == "trainval":
         return VAL_CODE
     if TEST_CODE is None:
-        raise CellRefused("no TEST_CODE yet: once validation is complete, commit its choices as the shipped "
-                          "defaults and set quality_v2.TEST_CODE to that commit")
+        raise CellRefused(
+            "no TEST_CODE yet: once validation is complete, commit its choices as the shipped "
+            "defaults and set quality_v2.TEST_CODE to that commit"
+        )
     return TEST_CODE
 
 
@@ -198,7 +252,9 @@ def code_tree(commit: str) -> Path:
     import tempfile
 
     building = Path(tempfile.mkdtemp(prefix=f"{commit[:10]}.", dir=CODE_TREES))
-    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", commit], cwd=ROOT, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(building)], input=archive, check=True)
     (building / "src" / "reco_lightning" / "conf").symlink_to(Path("..") / ".." / "conf")
     try:
@@ -214,7 +270,9 @@ def code_env(tree: Path | None) -> dict[str, str]:
     """The environment of a cell's processes: one thread, the pinned tree's package first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(tree / "src"), *filter(None, [env.get("PYTHONPATH")])]
+        )
     return env
 
 
@@ -225,14 +283,21 @@ TRAINING_PATHS = ("src", "conf", "pyproject.toml")
 def same_training_code(first: str, second: str) -> bool:
     """Whether two commits hold the same training code (a resume may cross a commit that
     changed only docs or benchmarks)."""
-    return first == second or subprocess.run(
-        ["git", "diff", "--quiet", first, second, "--", *TRAINING_PATHS], cwd=ROOT).returncode == 0
+    return (
+        first == second
+        or subprocess.run(
+            ["git", "diff", "--quiet", first, second, "--", *TRAINING_PATHS], cwd=ROOT
+        ).returncode
+        == 0
+    )
 
 
 def committed(path: Path) -> bool:
     """Whether ``path`` is in HEAD and unchanged in the tree."""
     relative = str(path.relative_to(ROOT))
-    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", relative], cwd=ROOT, capture_output=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "--error-unmatch", relative], cwd=ROOT, capture_output=True
+    )
     return tracked.returncode == 0 and not git("status", "--porcelain", "--", relative)
 
 
@@ -272,7 +337,9 @@ def resolved_reco(cell: Cell, data_root: str, tree: Path | None = None) -> dict[
         finally:
             sys.argv = argv
         return json.loads(printed.getvalue())
-    out = subprocess.run(command, env=code_env(tree), cwd=ROOT, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        command, env=code_env(tree), cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout)
 
 
@@ -292,7 +359,9 @@ def validation_choice(method: str, results: dict[str, dict]) -> Choice:
     """The ReCo-on setting of ``method`` with the highest mean validation kNN."""
     names = [cell.name for cell in val_cells(method)]
     missing = [name for name in names if name not in results]
-    uncommitted = [name for name in names if name in results and not committed(RESULTS / f"{name}.json")]
+    uncommitted = [
+        name for name in names if name in results and not committed(RESULTS / f"{name}.json")
+    ]
     means = {}
     for setting in settings(method):
         runs = [results.get(f"val-{method}-{setting}-s{seed}") for seed in VAL_SEEDS]
@@ -306,26 +375,39 @@ def validation_choice(method: str, results: dict[str, dict]) -> Choice:
     return choice
 
 
-def check_test_cell(cell: Cell, data_root: str, results: dict[str, dict], tree: Path | None = None) -> None:
+def check_test_cell(
+    cell: Cell, data_root: str, results: dict[str, dict], tree: Path | None = None
+) -> None:
     """Refuse a test cell with ReCo on that validation has not cleared (module docstring);
     ``tree``: the code it would run (None: the installed package)."""
     if cell.split != "test" or not cell.reco:
         return
     choice = validation_choice(cell.method, results)
     if choice.missing:
-        raise CellRefused(f"validation of {cell.method} is not complete ({len(choice.missing)} cells missing, "
-                          f"e.g. {choice.missing[0]}): run --cells val-{cell.method} first")
+        raise CellRefused(
+            f"validation of {cell.method} is not complete ({len(choice.missing)} cells missing, "
+            f"e.g. {choice.missing[0]}): run --cells val-{cell.method} first"
+        )
     if choice.uncommitted:
-        raise CellRefused(f"validation results of {cell.method} are not committed ({', '.join(choice.uncommitted)}): "
-                          "commit them, then the defaults they choose, before any test cell")
+        raise CellRefused(
+            f"validation results of {cell.method} are not committed ({', '.join(choice.uncommitted)}): "
+            "commit them, then the defaults they choose, before any test cell"
+        )
     ours = resolved_reco(cell, data_root, tree)
     if ours != choice.reco:
-        differ = sorted(k for k in set(ours or {}) | set(choice.reco or {})
-                        if (ours or {}).get(k) != (choice.reco or {}).get(k))
+        differ = sorted(
+            k
+            for k in set(ours or {}) | set(choice.reco or {})
+            if (ours or {}).get(k) != (choice.reco or {}).get(k)
+        )
         raise CellRefused(
             f"{cell.name} would train with ReCo settings that validation did not choose (differing: "
-            + ", ".join(f"{k}={(ours or {}).get(k)!r} against {(choice.reco or {}).get(k)!r}" for k in differ)
-            + f"); validation chose {cell.method}'s '{choice.best}': make it the shipped default and commit it")
+            + ", ".join(
+                f"{k}={(ours or {}).get(k)!r} against {(choice.reco or {}).get(k)!r}"
+                for k in differ
+            )
+            + f"); validation chose {cell.method}'s '{choice.best}': make it the shipped default and commit it"
+        )
 
 
 # --------------------------------------------------------------------------- running
@@ -342,18 +424,27 @@ def read_epochs(run_dir: Path) -> dict[int, dict[str, str]]:
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 if row.get("epoch"):
-                    epochs.setdefault(int(row["epoch"]), {}).update({k: v for k, v in row.items() if v != ""})
+                    epochs.setdefault(int(row["epoch"]), {}).update(
+                        {k: v for k, v in row.items() if v != ""}
+                    )
     return epochs
 
 
 #: per-epoch term logs a result keeps: the metrics.csv column -> the result's key
 TERM_COLUMNS = {
-    "train/loss_method_epoch": "loss_method", "train/loss_global_epoch": "loss_global",
-    "train/loss_local_epoch": "loss_local", "train/loss_epoch": "loss",
-    "train/reco_w_global": "w_global", "train/reco_w_local": "w_local",
-    "train/reco_global_skipped": "global_skipped", "train/reco_local_skipped": "local_skipped",
-    **{f"train/grad_{kind}_{term}": f"grad_{kind}_{term}"
-       for kind in ("norm", "share") for term in ("method", "global", "local")},
+    "train/loss_method_epoch": "loss_method",
+    "train/loss_global_epoch": "loss_global",
+    "train/loss_local_epoch": "loss_local",
+    "train/loss_epoch": "loss",
+    "train/reco_w_global": "w_global",
+    "train/reco_w_local": "w_local",
+    "train/reco_global_skipped": "global_skipped",
+    "train/reco_local_skipped": "local_skipped",
+    **{
+        f"train/grad_{kind}_{term}": f"grad_{kind}_{term}"
+        for kind in ("norm", "share")
+        for term in ("method", "global", "local")
+    },
 }
 
 
@@ -364,8 +455,13 @@ def curve_and_terms(run_dir: Path) -> tuple[list[dict[str, float | None]], list[
         row = epochs[epoch]
         if "val/knn_acc" in row:
             seconds = row.get("time/train_s")
-            curve.append({"epoch": epoch + 1, "knn": float(row["val/knn_acc"]),
-                          "train_s": float(seconds) if seconds else None})
+            curve.append(
+                {
+                    "epoch": epoch + 1,
+                    "knn": float(row["val/knn_acc"]),
+                    "train_s": float(seconds) if seconds else None,
+                }
+            )
         logged = {key: float(row[column]) for column, key in TERM_COLUMNS.items() if column in row}
         if logged:
             terms.append({"epoch": epoch + 1, **logged})
@@ -389,32 +485,71 @@ def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
     if started.is_file():
         first = started.read_text().strip()
         if not same_training_code(first, commit):
-            raise CellRefused(f"{cell.name} started under commit {first[:10]}, whose {', '.join(TRAINING_PATHS)} "
-                              f"differ from those of {commit[:10]}, which its group now runs: delete {run_dir} "
-                              "to start it again")
+            raise CellRefused(
+                f"{cell.name} started under commit {first[:10]}, whose {', '.join(TRAINING_PATHS)} "
+                f"differ from those of {commit[:10]}, which its group now runs: delete {run_dir} "
+                "to start it again"
+            )
         commit = first
     else:
         started.write_text(commit + "\n")
     reco = resolved_reco(cell, data_root, tree)
     env = code_env(tree)
     with open(run_dir / "train.log", "a") as log:
-        subprocess.run([sys.executable, "-m", "reco_lightning", *cell.arguments(data_root),
-                        f"hydra.run.dir={run_dir}", "resume=auto"],
-                       env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
-        subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run_dir}", "map.enabled=false",
-                        "progress=false"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reco_lightning",
+                *cell.arguments(data_root),
+                f"hydra.run.dir={run_dir}",
+                "resume=auto",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            cwd=ROOT,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reco_lightning.eval",
+                f"checkpoint={run_dir}",
+                "map.enabled=false",
+                "progress=false",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+            cwd=ROOT,
+        )
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text())
     curve, terms = curve_and_terms(run_dir)
     result = {
-        "cell": cell.name, "protocol": PROTOCOL, "commit": commit, "split": cell.split, "data_root": data_root,
-        "method": cell.method, "reco": cell.reco, "setting": cell.setting, "seed": cell.seed,
-        "protocol_overrides": PROTOCOL_OVERRIDES, "overrides": list(cell.overrides),
+        "cell": cell.name,
+        "protocol": PROTOCOL,
+        "commit": commit,
+        "split": cell.split,
+        "data_root": data_root,
+        "method": cell.method,
+        "reco": cell.reco,
+        "setting": cell.setting,
+        "seed": cell.seed,
+        "protocol_overrides": PROTOCOL_OVERRIDES,
+        "overrides": list(cell.overrides),
         "command": ["python", "-m", "reco_lightning", *cell.arguments(data_root), "resume=auto"],
-        "reco_config": reco, "epochs": summary["epochs"],
+        "reco_config": reco,
+        "epochs": summary["epochs"],
         "train_time_s": round(curve[-1]["train_s"], 1) if curve and curve[-1]["train_s"] else None,
-        "knn_random_init": summary["knn_acc_random_init"], "curve": curve, "terms": terms,
-        "final_knn": evaluation["knn"]["top1"], "final_linear": evaluation.get("linear", {}).get("top1"),
+        "knn_random_init": summary["knn_acc_random_init"],
+        "curve": curve,
+        "terms": terms,
+        "final_knn": evaluation["knn"]["top1"],
+        "final_linear": evaluation.get("linear", {}).get("top1"),
     }
     result_file.parent.mkdir(parents=True, exist_ok=True)
     temporary = result_file.with_suffix(".json.tmp")
@@ -440,8 +575,10 @@ def spread(values: list[float]) -> str:
 
 
 def report_validation(results: dict[str, dict]) -> None:
-    print("| method | setting | overrides | kNN per seed (val 5,000) | kNN mean | vs default, per seed | "
-          "linear mean | chosen |")
+    print(
+        "| method | setting | overrides | kNN per seed (val 5,000) | kNN mean | vs default, per seed | "
+        "linear mean | chosen |"
+    )
     print("| --- | --- | --- | --- | ---: | --- | ---: | --- |")
     for method in METHODS:
         choice = validation_choice(method, results)
@@ -451,25 +588,36 @@ def report_validation(results: dict[str, dict]) -> None:
             if not done:
                 continue
             defaults = [results.get(f"val-{method}-default-s{seed}") for seed in VAL_SEEDS]
-            paired = [f"{100 * (r['final_knn'] - d['final_knn']):+.2f}" for r, d in zip(runs, defaults) if r and d]
+            paired = [
+                f"{100 * (r['final_knn'] - d['final_knn']):+.2f}"
+                for r, d in zip(runs, defaults)
+                if r and d
+            ]
             linear = [r["final_linear"] for r in done if r.get("final_linear") is not None]
             label = "ReCo off" if overrides is None else " ".join(overrides) or "(shipped defaults)"
-            print(f"| {method} | {setting} | {label} | {' / '.join(pct(r['final_knn']) for r in done)} | "
-                  f"{pct(statistics.mean(r['final_knn'] for r in done))} | {' / '.join(paired) or '—'} | "
-                  f"{pct(statistics.mean(linear)) if linear else '—'} | "
-                  f"{'**chosen**' if setting == choice.best and not choice.missing else ''} |")
+            print(
+                f"| {method} | {setting} | {label} | {' / '.join(pct(r['final_knn']) for r in done)} | "
+                f"{pct(statistics.mean(r['final_knn'] for r in done))} | {' / '.join(paired) or '—'} | "
+                f"{pct(statistics.mean(linear)) if linear else '—'} | "
+                f"{'**chosen**' if setting == choice.best and not choice.missing else ''} |"
+            )
 
 
 def report_terms(results: dict[str, dict]) -> None:
     """The terms at the last epoch of each method's validation default and scale-relative
     cells (mean of the seeds): values, weights in effect, and gradient shares."""
-    print("| method | setting | loss method | loss global | loss local | w global | w local | "
-          "grad share method / global / local | grad norm method |")
+    print(
+        "| method | setting | loss method | loss global | loss local | w global | w local | "
+        "grad share method / global / local | grad norm method |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for method in METHODS:
         for setting in ("off", "default", "scale-relative"):
-            last = [results[name]["terms"][-1] for seed in VAL_SEEDS
-                    if (name := f"val-{method}-{setting}-s{seed}") in results and results[name]["terms"]]
+            last = [
+                results[name]["terms"][-1]
+                for seed in VAL_SEEDS
+                if (name := f"val-{method}-{setting}-s{seed}") in results and results[name]["terms"]
+            ]
             if not last:
                 continue
 
@@ -478,72 +626,114 @@ def report_terms(results: dict[str, dict]) -> None:
                 return f"{statistics.mean(values):.3g}" if values else "—"
 
             shares = " / ".join(mean(f"grad_share_{t}") for t in ("method", "global", "local"))
-            print(f"| {method} | {setting} | {mean('loss_method')} | {mean('loss_global')} | {mean('loss_local')} | "
-                  f"{mean('w_global')} | {mean('w_local')} | {shares} | {mean('grad_norm_method')} |")
+            print(
+                f"| {method} | {setting} | {mean('loss_method')} | {mean('loss_global')} | {mean('loss_local')} | "
+                f"{mean('w_global')} | {mean('w_local')} | {shares} | {mean('grad_norm_method')} |"
+            )
 
 
-def report_test(results: dict[str, dict], suffix: str = "", seeds: tuple[int, ...] = TEST_SEEDS) -> None:
-    print("| method | kNN off (mean ± sd) | kNN on (mean ± sd) | on − off per seed | on − off (mean ± sd) | "
-          "linear off | linear on | seeds |")
+def report_test(
+    results: dict[str, dict], suffix: str = "", seeds: tuple[int, ...] = TEST_SEEDS
+) -> None:
+    print(
+        "| method | kNN off (mean ± sd) | kNN on (mean ± sd) | on − off per seed | on − off (mean ± sd) | "
+        "linear off | linear on | seeds |"
+    )
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for method in METHODS:
-        pairs = [(results.get(f"test-{method}-off{suffix}-s{s}"), results.get(f"test-{method}-on{suffix}-s{s}"))
-                 for s in seeds]
+        pairs = [
+            (
+                results.get(f"test-{method}-off{suffix}-s{s}"),
+                results.get(f"test-{method}-on{suffix}-s{s}"),
+            )
+            for s in seeds
+        ]
         pairs = [(off, on) for off, on in pairs if off and on]
         if not pairs:
             continue
         diffs = [on["final_knn"] - off["final_knn"] for off, on in pairs]
-        print(f"| {method} | {spread([off['final_knn'] for off, _ in pairs])} | "
-              f"{spread([on['final_knn'] for _, on in pairs])} | {' / '.join(f'{100 * d:+.2f}' for d in diffs)} | "
-              f"{spread(diffs)} | {spread([off['final_linear'] for off, _ in pairs])} | "
-              f"{spread([on['final_linear'] for _, on in pairs])} | {len(pairs)} |")
+        print(
+            f"| {method} | {spread([off['final_knn'] for off, _ in pairs])} | "
+            f"{spread([on['final_knn'] for _, on in pairs])} | {' / '.join(f'{100 * d:+.2f}' for d in diffs)} | "
+            f"{spread(diffs)} | {spread([off['final_linear'] for off, _ in pairs])} | "
+            f"{spread([on['final_linear'] for _, on in pairs])} | {len(pairs)} |"
+        )
 
 
 def report_equal_compute(results: dict[str, dict]) -> None:
-    print("| method | cost ratio on/off (step, data included) | ReCo off epochs | kNN off, equal compute | "
-          "kNN on, 20 epochs | on − off per seed |")
+    print(
+        "| method | cost ratio on/off (step, data included) | ReCo off epochs | kNN off, equal compute | "
+        "kNN on, 20 epochs | on − off per seed |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for method in METHODS:
         epochs = EQUAL_COMPUTE_EPOCHS[method]
-        pairs = [(results.get(f"test-{method}-off-ec{epochs}-s{s}"), results.get(f"test-{method}-on-s{s}"))
-                 for s in (0, 1)]
+        pairs = [
+            (
+                results.get(f"test-{method}-off-ec{epochs}-s{s}"),
+                results.get(f"test-{method}-on-s{s}"),
+            )
+            for s in (0, 1)
+        ]
         pairs = [(off, on) for off, on in pairs if off and on]
         if not pairs:
             continue
-        diffs = " / ".join(f"{100 * (on['final_knn'] - off['final_knn']):+.2f}" for off, on in pairs)
-        print(f"| {method} | {STEP_COST_RATIO[method]:.2f} | {epochs} | "
-              f"{spread([off['final_knn'] for off, _ in pairs])} | {spread([on['final_knn'] for _, on in pairs])} | "
-              f"{diffs} |")
+        diffs = " / ".join(
+            f"{100 * (on['final_knn'] - off['final_knn']):+.2f}" for off, on in pairs
+        )
+        print(
+            f"| {method} | {STEP_COST_RATIO[method]:.2f} | {epochs} | "
+            f"{spread([off['final_knn'] for off, _ in pairs])} | {spread([on['final_knn'] for _, on in pairs])} | "
+            f"{diffs} |"
+        )
 
 
 def report_long_and_32px(results: dict[str, dict]) -> None:
-    print("| method | run | kNN off | kNN on | on − off | linear off | linear on | gap at epochs 5 / 10 / 20 / last |")
+    print(
+        "| method | run | kNN off | kNN on | on − off | linear off | linear on | gap at epochs 5 / 10 / 20 / last |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for label, suffix in (("60 epochs", "-e60"), ("32 px, width 8", "-32px")):
         for method in METHODS:
-            off, on = results.get(f"test-{method}-off{suffix}-s0"), results.get(f"test-{method}-on{suffix}-s0")
+            off, on = (
+                results.get(f"test-{method}-off{suffix}-s0"),
+                results.get(f"test-{method}-on{suffix}-s0"),
+            )
             if not (off and on):
                 continue
             knn = {r["reco"]: {p["epoch"]: p["knn"] for p in r["curve"]} for r in (off, on)}
             marks = [e for e in (5, 10, 20, off["epochs"]) if e in knn[True] and e in knn[False]]
             gaps = " / ".join(f"{100 * (knn[True][e] - knn[False][e]):+.2f}" for e in marks)
-            print(f"| {method} | {label}, seed 0 | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
-                  f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
-                  f"{pct(on['final_linear'])} | {gaps} |")
+            print(
+                f"| {method} | {label}, seed 0 | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
+                f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
+                f"{pct(on['final_linear'])} | {gaps} |"
+            )
 
 
 def report_choices(results: dict[str, dict]) -> None:
     for method in METHODS:
         choice = validation_choice(method, results)
-        state = (f"{len(choice.missing)} of {len(val_cells(method))} validation cells missing" if choice.missing
-                 else f"chosen: '{choice.best}'")
-        ranked = ", ".join(f"{name} {pct(value)}" for name, value in
-                           sorted(choice.means.items(), key=lambda item: -item[1]))
+        state = (
+            f"{len(choice.missing)} of {len(val_cells(method))} validation cells missing"
+            if choice.missing
+            else f"chosen: '{choice.best}'"
+        )
+        ranked = ", ".join(
+            f"{name} {pct(value)}"
+            for name, value in sorted(choice.means.items(), key=lambda item: -item[1])
+        )
         print(f"- {method}: {state}; mean validation kNN: {ranked or '—'}")
 
 
-DOC_BLOCKS = {"v2-validation": report_validation, "v2-terms": report_terms, "v2-choices": report_choices,
-              "v2-test": report_test, "v2-equal-compute": report_equal_compute, "v2-long": report_long_and_32px}
+DOC_BLOCKS = {
+    "v2-validation": report_validation,
+    "v2-terms": report_terms,
+    "v2-choices": report_choices,
+    "v2-test": report_test,
+    "v2-equal-compute": report_equal_compute,
+    "v2-long": report_long_and_32px,
+}
 
 
 def report(results: dict[str, dict]) -> None:
@@ -565,19 +755,37 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
 
     styles = {"val": ":", "test": "-", "e60": "-", "32px": "-."}
     for method in METHODS:
-        runs = [(name, r) for name, r in results.items()
-                if r["method"] == method and (r["setting"] in (None, "off", "default"))
-                and "-ec" not in name]
+        runs = [
+            (name, r)
+            for name, r in results.items()
+            if r["method"] == method
+            and (r["setting"] in (None, "off", "default"))
+            and "-ec" not in name
+        ]
         if not runs:
             continue
         figure, axis = plt.subplots(figsize=(7, 4.5))
         for name, r in runs:
-            kind = "val" if r["split"] == "trainval" else "e60" if "-e60-" in name else "32px" if "-32px-" in name else "test"
+            kind = (
+                "val"
+                if r["split"] == "trainval"
+                else "e60"
+                if "-e60-" in name
+                else "32px"
+                if "-32px-" in name
+                else "test"
+            )
             epochs = [0] + [p["epoch"] for p in r["curve"]]
             knn = [r["knn_random_init"]] + [p["knn"] for p in r["curve"]]
-            axis.plot(epochs, [100 * v for v in knn], styles[kind], color="tab:red" if r["reco"] else "tab:blue",
-                      linewidth=2.0 if kind in ("e60", "32px") else 1.0, alpha=0.9,
-                      label=f"{'on' if r['reco'] else 'off'}, {kind}, seed {r['seed']}")
+            axis.plot(
+                epochs,
+                [100 * v for v in knn],
+                styles[kind],
+                color="tab:red" if r["reco"] else "tab:blue",
+                linewidth=2.0 if kind in ("e60", "32px") else 1.0,
+                alpha=0.9,
+                label=f"{'on' if r['reco'] else 'off'}, {kind}, seed {r['seed']}",
+            )
         axis.set_xlabel("epoch")
         axis.set_ylabel("kNN top-1 (%): val cells on 5,000 held-out, others on the test images")
         axis.set_title(f"{method}: protocol {PROTOCOL}")

@@ -42,7 +42,9 @@ def features(net: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def knn(net: nn.Module, bank_loader, query_loader, num_classes: int, k: int, temperature: float) -> float:
+def knn(
+    net: nn.Module, bank_loader, query_loader, num_classes: int, k: int, temperature: float
+) -> float:
     bank_x, bank_y = features(net, bank_loader)
     query_x, query_y = features(net, query_loader)
     return knn_accuracy(bank_x, bank_y, query_x, query_y, num_classes, k, temperature)
@@ -62,9 +64,13 @@ def recalibrate_batchnorm(net: nn.Module, train_loader) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=imagefolder dataset.root=DIR")
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. dataset=imagefolder dataset.root=DIR"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     with initialize_config_module(version_base="1.3", config_module="reco_lightning.conf"):
@@ -76,7 +82,9 @@ def main() -> None:
     small_stem = datamodule.image_size <= 64 if small_stem == "auto" else bool(small_stem)
     settings = (datamodule.num_classes, cfg.knn.k, cfg.knn.temperature)
 
-    print(f"dataset {cfg.dataset.name}, {cfg.backbone.name} width {cfg.backbone.width}, kNN k={cfg.knn.k}\n")
+    print(
+        f"dataset {cfg.dataset.name}, {cfg.backbone.name} width {cfg.backbone.width}, kNN k={cfg.knn.k}\n"
+    )
     print("| zero_init_residual | seed | as initialised | BN from data |")
     print("| --- | ---: | ---: | ---: |")
     for zero_init in (False, True):
@@ -86,7 +94,10 @@ def main() -> None:
             untouched = knn(net, bank_loader, query_loader, *settings)
             recalibrate_batchnorm(net, datamodule.train_dataloader())
             calibrated = knn(net, bank_loader, query_loader, *settings)
-            print(f"| {str(zero_init).lower()} | {seed} | {untouched:.2%} | {calibrated:.2%} |", flush=True)
+            print(
+                f"| {str(zero_init).lower()} | {seed} | {untouched:.2%} | {calibrated:.2%} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

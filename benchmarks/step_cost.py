@@ -54,14 +54,26 @@ def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
 
 def loader_batches(root: str, reco: bool, args: argparse.Namespace) -> Iterator[dict]:
     """Endless training batches of the image folder ``root``, as the protocol's loader makes them."""
-    data = SSLDataModule(name="imagefolder", root=root, image_size=args.image_size, batch_size=args.batch_size,
-                         num_workers=0, weak_view=reco, seed=0)
+    data = SSLDataModule(
+        name="imagefolder",
+        root=root,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=0,
+        weak_view=reco,
+        seed=0,
+    )
     while True:  # a new epoch of the same sampler when one ends
         yield from data.train_dataloader()
 
 
-def time_steps(model: torch.nn.Module, next_batch: Callable[[], dict], steps: int, device: str,
-               precision: str = "32") -> list[float]:
+def time_steps(
+    model: torch.nn.Module,
+    next_batch: Callable[[], dict],
+    steps: int,
+    device: str,
+    precision: str = "32",
+) -> list[float]:
     """Seconds per full step: the batch (``next_batch()``: a ready one, or the loader's next),
     forward, backward, optimizer step, the method's after-step hook."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -71,10 +83,15 @@ def time_steps(model: torch.nn.Module, next_batch: Callable[[], dict], steps: in
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        batch = {key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
-                 for key, value in next_batch().items() if key in ("strong", "weak", "label")}
+        batch = {
+            key: [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
+            for key, value in next_batch().items()
+            if key in ("strong", "weak", "label")
+        }
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(
+            torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"
+        ):
             loss = model.training_step(batch, 0)
         loss.backward()
         optimizer.step()
@@ -86,7 +103,9 @@ def time_steps(model: torch.nn.Module, next_batch: Callable[[], dict], steps: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--width", type=int, default=16, help="backbone width (64 = torchvision)")
@@ -95,11 +114,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating off/on rounds")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32", choices=["32", "bf16"],
-                        help="bf16: the step under bf16 autocast, as trainer.precision=bf16-mixed")
-    parser.add_argument("--data", default=None, metavar="ROOT",
-                        help="an image folder: time the whole step, the loader's next batch included")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=["32", "bf16"],
+        help="bf16: the step under bf16 autocast, as trainer.precision=bf16-mixed",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="ROOT",
+        help="an image folder: time the whole step, the loader's next batch included",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
     if args.threads:
@@ -113,10 +142,14 @@ def main() -> None:
         "label": torch.randint(0, 10, (args.batch_size,), device=args.device),
     }
     work = f"whole step, data from {args.data}" if args.data else "model work only"
-    print(f"# step cost ({work}): {args.backbone} width {args.width}, batch {args.batch_size}, "
-          f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds of {args.steps} steps")
-    print("| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |")
+    print(
+        f"# step cost ({work}): {args.backbone} width {args.width}, batch {args.batch_size}, "
+        f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds of {args.steps} steps"
+    )
+    print(
+        "| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.methods:
         models = {reco: build(name, reco, args) for reco in (False, True)}
@@ -130,12 +163,16 @@ def main() -> None:
         samples: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for reco, model in models.items():
-                samples[reco] += time_steps(model, batches[reco], args.steps, args.device, args.precision)
+                samples[reco] += time_steps(
+                    model, batches[reco], args.steps, args.device, args.precision
+                )
         off, on = (statistics.median(samples[r]) for r in (False, True))
         floor = METHODS[name][2]
         ratio = on / off
-        print(f"| {name} | {1000 * off:.0f} | {1000 * on:.0f} | {ratio:.2f} | {floor:.2f} | "
-              f"{100 * (ratio / floor - 1):+.0f}% |")
+        print(
+            f"| {name} | {1000 * off:.0f} | {1000 * on:.0f} | {ratio:.2f} | {floor:.2f} | "
+            f"{100 * (ratio / floor - 1):+.0f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,22 @@ from reco_lightning.data import SSLDataModule
 
 METHODS = {"moco": MoCo, "simclr": SimCLR, "byol": BYOL}
 #: RECO.md's compute floor of a ReCo step over the plain step (a backward = two forwards)
-COMPUTE_FLOOR = {"moco": 2.0, "simclr": 11 / 6, "byol": 1.5}  # SimCLR: ReCo's EMA teacher adds a v2 pass
+COMPUTE_FLOOR = {
+    "moco": 2.0,
+    "simclr": 11 / 6,
+    "byol": 1.5,
+}  # SimCLR: ReCo's EMA teacher adds a v2 pass
 
 
 def build(name: str, reco: bool, args: argparse.Namespace, image_size: int) -> torch.nn.Module:
     queue = 4096
     extra = {"queue_size": queue} if name == "moco" else {}
     model = METHODS[name](
-        num_classes=10, backbone_width=args.width, small_stem=image_size <= 64,
-        reco={"bank_size": queue, "negatives_size": queue} if reco else None, **extra,
+        num_classes=10,
+        backbone_width=args.width,
+        small_stem=image_size <= 64,
+        reco={"bank_size": queue, "negatives_size": queue} if reco else None,
+        **extra,
     )
     return model.to(args.device).train()
 
@@ -64,7 +71,8 @@ def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict) 
 
 def to_device(batch: dict, datamodule: SSLDataModule, device: str) -> dict:
     moved = {
-        key: [v.to(device, non_blocking=True) for v in value] if isinstance(value, list)
+        key: [v.to(device, non_blocking=True) for v in value]
+        if isinstance(value, list)
         else value.to(device, non_blocking=True)
         for key, value in batch.items()
     }
@@ -110,7 +118,9 @@ def median_ratio(whole_times: list[float], model_times: list[float]) -> tuple[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=None, help="image folder; default: the bundled digits at 32 px")
+    parser.add_argument(
+        "--root", default=None, help="image folder; default: the bundled digits at 32 px"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", default=sorted(METHODS))
     parser.add_argument("--augment", nargs="+", default=["cpu", "device"])
@@ -120,15 +130,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reco", nargs="+", default=["off", "on"], choices=["off", "on"])
-    parser.add_argument("--settle", type=float, default=3.0,
-                        help="seconds to wait before each model-only round (loader workers go idle)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds to wait before each model-only round (loader workers go idle)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    data = dict(name="imagefolder", root=args.root) if args.root else dict(name="digits", image_size=32)
-    print(f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, ResNet-18 width {args.width}, "
-          f"device {args.device}, loader workers {args.workers}, torch threads {torch.get_num_threads()}")
+    data = (
+        dict(name="imagefolder", root=args.root)
+        if args.root
+        else dict(name="digits", image_size=32)
+    )
+    print(
+        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, ResNet-18 width {args.width}, "
+        f"device {args.device}, loader workers {args.workers}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{args.rounds} rounds of {args.steps} steps each, settle {args.settle} s")
-    print("\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | whole / model time | range | waiting for data |")
+    print(
+        "\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | whole / model time | range | waiting for data |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     whole_step: dict[tuple[str, bool, str], float] = {}
     for name in args.methods:
@@ -136,9 +158,13 @@ def main() -> None:
             for augment in args.augment:
                 torch.manual_seed(0)
                 datamodule = SSLDataModule(
-                    **data, batch_size=args.batch_size, weak_view=reco, augment_on=augment,
+                    **data,
+                    batch_size=args.batch_size,
+                    weak_view=reco,
+                    augment_on=augment,
                     num_workers=args.workers if augment == "cpu" else 0,
-                    persistent_workers=True, pin_memory=args.device.startswith("cuda"),
+                    persistent_workers=True,
+                    pin_memory=args.device.startswith("cuda"),
                 )
                 model = build(name, reco, args, datamodule.image_size)
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -148,41 +174,63 @@ def main() -> None:
                 step(model, optimizer, fixed)  # warm-up
                 model_times, whole_times, waits = [], [], []
                 for round_index in range(args.rounds):
+
                     def model_round() -> None:
                         if augment == "cpu" and args.workers > 0:
                             time.sleep(args.settle)
-                        model_times.append(time_model(model, optimizer, fixed, args.steps, args.device))
+                        model_times.append(
+                            time_model(model, optimizer, fixed, args.steps, args.device)
+                        )
 
                     def whole_round() -> None:
                         nonlocal iterator
                         try:
-                            whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
+                            whole, wait = time_whole(
+                                model, optimizer, iterator, datamodule, args.steps, args.device
+                            )
                         except StopIteration:
                             iterator = iter(loader)
-                            whole, wait = time_whole(model, optimizer, iterator, datamodule, args.steps, args.device)
+                            whole, wait = time_whole(
+                                model, optimizer, iterator, datamodule, args.steps, args.device
+                            )
                         whole_times.append(whole)
                         waits.append(wait)
 
                     # swap the order every round: neither kind always runs second
-                    for run_round in (model_round, whole_round) if round_index % 2 == 0 else (whole_round, model_round):
+                    for run_round in (
+                        (model_round, whole_round)
+                        if round_index % 2 == 0
+                        else (whole_round, model_round)
+                    ):
                         run_round()
                 model_s, whole_s = statistics.median(model_times), statistics.median(whole_times)
                 ratio, low, high = median_ratio(whole_times, model_times)
                 whole_step[name, reco, augment] = whole_s
-                print(f"| {name} | {'on' if reco else 'off'} | {augment} | {args.batch_size / model_s:,.1f} | "
-                      f"{args.batch_size / whole_s:,.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} | "
-                      f"{statistics.median(waits) / whole_s:.1%} |", flush=True)
+                print(
+                    f"| {name} | {'on' if reco else 'off'} | {augment} | {args.batch_size / model_s:,.1f} | "
+                    f"{args.batch_size / whole_s:,.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} | "
+                    f"{statistics.median(waits) / whole_s:.1%} |",
+                    flush=True,
+                )
                 del iterator, loader
     print_floor_table(whole_step, args)
 
 
-def print_floor_table(whole_step: dict[tuple[str, bool, str], float], args: argparse.Namespace) -> None:
+def print_floor_table(
+    whole_step: dict[tuple[str, bool, str], float], args: argparse.Namespace
+) -> None:
     """Whole step with ReCo over the whole step without, against RECO.md's compute floor."""
-    rows = [(name, augment) for name in args.methods for augment in args.augment
-            if (name, True, augment) in whole_step and (name, False, augment) in whole_step]
+    rows = [
+        (name, augment)
+        for name in args.methods
+        for augment in args.augment
+        if (name, True, augment) in whole_step and (name, False, augment) in whole_step
+    ]
     if not rows:
         return
-    print("\n| method | views made on | whole step ReCo on / off | compute floor | over the floor |")
+    print(
+        "\n| method | views made on | whole step ReCo on / off | compute floor | over the floor |"
+    )
     print("| --- | --- | ---: | ---: | ---: |")
     for name, augment in rows:
         ratio = whole_step[name, True, augment] / whole_step[name, False, augment]

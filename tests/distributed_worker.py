@@ -51,7 +51,9 @@ def run_queues(out_dir: Path, overrides: list[str]) -> None:
 
 def simclr_batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(8, 3, 16, 16, generator=generator), torch.randn(8, 3, 16, 16, generator=generator)
+    return torch.randn(8, 3, 16, 16, generator=generator), torch.randn(
+        8, 3, 16, 16, generator=generator
+    )
 
 
 def simclr_model() -> torch.nn.Module:

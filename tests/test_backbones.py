@@ -44,8 +44,15 @@ def test_default_init_keeps_the_residual_branches() -> None:
 def test_zero_init_residual_reaches_the_target_network_and_still_trains() -> None:
     """The target copies the online init, and the zeroed scales get a gradient."""
     torch.manual_seed(0)
-    model = BYOL(num_classes=3, backbone_width=8, small_stem=True, zero_init_residual=True,
-                 proj_hidden_dim=16, proj_output_dim=8, pred_hidden_dim=16)
+    model = BYOL(
+        num_classes=3,
+        backbone_width=8,
+        small_stem=True,
+        zero_init_residual=True,
+        proj_hidden_dim=16,
+        proj_output_dim=8,
+        pred_hidden_dim=16,
+    )
     online, target = _blocks(model.backbone), _blocks(model.target_backbone)
     assert all(torch.count_nonzero(b.bn2.weight) == 0 for b in online + target)
     views = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
@@ -55,7 +62,13 @@ def test_zero_init_residual_reaches_the_target_network_and_still_trains() -> Non
 
 @pytest.mark.parametrize("zero_init_residual", [True, False])
 def test_methods_pass_the_init_choice_to_the_backbone(zero_init_residual: bool) -> None:
-    model = MoCo(num_classes=3, backbone_width=8, small_stem=True, queue_size=16, zero_init_residual=zero_init_residual)
+    model = MoCo(
+        num_classes=3,
+        backbone_width=8,
+        small_stem=True,
+        queue_size=16,
+        zero_init_residual=zero_init_residual,
+    )
     nonzero = [bool(torch.count_nonzero(b.bn2.weight)) for b in _blocks(model.backbone)]
     assert nonzero == [not zero_init_residual] * len(nonzero)
 

@@ -12,13 +12,21 @@ import pytest
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reco_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "reco_lightning", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
 def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.eval", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "reco_lightning.eval", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -43,7 +51,10 @@ def test_unknown_method_lists_the_choices(tmp_path):
 def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_path, tiny):
     result = run_cli("+method=moco", *tiny, "trainer.precision=bogus", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Precision 'bogus' is invalid" in result.stderr
+    assert (
+        len(result.stderr.strip().splitlines()) == 1
+        and "Precision 'bogus' is invalid" in result.stderr
+    )
     assert not (tmp_path / "outputs").exists()
 
 
@@ -51,7 +62,10 @@ def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_pa
 def test_eval_misspelt_key_gets_did_you_mean(tmp_path):
     result = run_eval("checkpoint=x", "knn.kk=3", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "reco_lightning.eval: error: knn.kk is not a known setting: did you mean knn.k?"
+    assert (
+        result.stderr.strip()
+        == "reco_lightning.eval: error: knn.kk is not a known setting: did you mean knn.k?"
+    )
 
 
 def test_an_error_from_a_loader_worker_reads_as_its_own_message():
@@ -81,9 +95,20 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
     """Train a few steps, then `python -m reco_lightning.eval checkpoint=...`."""
     run = tmp_path / "run"
     train = subprocess.run(
-        [sys.executable, "-m", "reco_lightning", "+method=simclr", "+reco=on", *tiny, "pictures=true",
-         f"hydra.run.dir={run}"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "reco_lightning",
+            "+method=simclr",
+            "+reco=on",
+            *tiny,
+            "pictures=true",
+            f"hydra.run.dir={run}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert train.returncode == 0, train.stderr[-3000:]
     for picture in ("training_curves.png", "feature_map.png"):
@@ -91,19 +116,33 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, picture
 
     done = subprocess.run(
-        [sys.executable, "-m", "reco_lightning.eval", f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
-         "linear.epochs=5", "progress=false", "map.max_points=200"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "reco_lightning.eval",
+            f"checkpoint={run / 'checkpoints' / 'last.ckpt'}",
+            "linear.epochs=5",
+            "progress=false",
+            "map.max_points=200",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # the run's kNN settings (the digits preset's k=20), as in its summary.json
     assert "kNN (k=20, T=0.1)" in done.stdout and "neighbour purity" in done.stdout
     result = json.loads((run / "eval.json").read_text())
-    assert result["dataset"] == "digits" and result["num_val"] == 360  # the run's dataset, all of val
+    assert (
+        result["dataset"] == "digits" and result["num_val"] == 360
+    )  # the run's dataset, all of val
     assert 0 <= result["knn"]["top1"] <= result["knn"]["top5"] <= 1
     assert 0 <= result["linear"]["top1"] <= result["linear"]["top5"] <= 1
     assert result["linear"]["protocol"]["epochs"] == 5
-    assert {"purity@10", "purity@50", "cos_gap", "alignment", "uniformity"} <= result["diagnostics"].keys()
+    assert {"purity@10", "purity@50", "cos_gap", "alignment", "uniformity"} <= result[
+        "diagnostics"
+    ].keys()
     assert result["training_curves"].endswith("training_curves.png")
     data = (run / "eval_feature_map.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -112,8 +151,13 @@ def test_eval_command_on_a_short_runs_checkpoint(tmp_path, tiny):
 
 @pytest.mark.slow
 def test_eval_command_without_a_checkpoint_is_a_message(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "reco_lightning.eval", f"checkpoint={tmp_path / 'x.ckpt'}"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "reco_lightning.eval", f"checkpoint={tmp_path / 'x.ckpt'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and "no checkpoint at" in done.stderr
 
 
@@ -130,7 +174,9 @@ def test_help_lists_the_presets_without_importing_lightning():
         "heavy = sorted(m for m in ('lightning', 'torch', 'torchvision') if m in sys.modules)\n"
         "print('IMPORTED', heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "IMPORTED []" in done.stdout
     for method in ("byol", "moco", "simclr", "simsiam"):

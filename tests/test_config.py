@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
-
-import inspect
 
 from reco_lightning.errors import ConfigError
 from reco_lightning.methods import SSLMethod
@@ -109,8 +109,12 @@ def test_presets_state_only_what_differs_from_the_constructors(compose_config):
     from reco_lightning.methods import MoCo
 
     cfg = compose_config("+method=moco", "+reco=on")
-    defaults = {k: p.default for k, p in inspect.signature(MoCo).parameters.items() if k != "kwargs"}
-    assert {k: cfg.method[k] for k in defaults if k != "queue_size"} == {k: v for k, v in defaults.items() if k != "queue_size"}
+    defaults = {
+        k: p.default for k, p in inspect.signature(MoCo).parameters.items() if k != "kwargs"
+    }
+    assert {k: cfg.method[k] for k in defaults if k != "queue_size"} == {
+        k: v for k, v in defaults.items() if k != "queue_size"
+    }
     assert cfg.reco.tau_teacher == ReCoConfig().tau_teacher
 
 
@@ -121,13 +125,22 @@ def test_invalid_reco_value_names_the_setting(compose_config):
 
 
 def test_slurm_launcher_config_composes_with_the_plugin(compose_config):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the optional [slurm] extra is not installed")
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher",
+        reason="the optional [slurm] extra is not installed",
+    )
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=["hydra/launcher=slurm", "+method=moco", "strategy=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            overrides=[
+                "hydra/launcher=slurm",
+                "+method=moco",
+                "strategy=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+            ],
             return_hydra_config=True,
         )
     launcher = cfg.hydra.launcher

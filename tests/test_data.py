@@ -197,7 +197,10 @@ def test_train_sampler_gives_each_rank_its_slice_of_the_global_batch(monkeypatch
     assert len(shares[0]) == len(shares[1]) == 48  # 12 global batches of 8, 4 per rank
     for batch in range(12):
         global_batch = single[batch * 8 : (batch + 1) * 8]
-        assert shares[0][batch * 4 : (batch + 1) * 4] + shares[1][batch * 4 : (batch + 1) * 4] == global_batch
+        assert (
+            shares[0][batch * 4 : (batch + 1) * 4] + shares[1][batch * 4 : (batch + 1) * 4]
+            == global_batch
+        )
 
 
 def test_eval_sampler_covers_every_image_once_over_ranks(monkeypatch) -> None:
@@ -265,7 +268,9 @@ def test_alignment_views_are_fixed_whether_kept_or_remade(monkeypatch, cache_byt
     second = _loader_contents(dm.alignment_loader(120))
     assert [b["strong"][0].shape[0] for b in first] == [50, 50, 20]
     for a, b in zip(first, second):
-        assert torch.equal(a["strong"][0], b["strong"][0]) and torch.equal(a["strong"][1], b["strong"][1])
+        assert torch.equal(a["strong"][0], b["strong"][0]) and torch.equal(
+            a["strong"][1], b["strong"][1]
+        )
         assert not torch.equal(a["strong"][0], a["strong"][1])  # two different views
     assert (cache_bytes is None) == ("alignment-120" in dm._eval_cache)
 
@@ -368,7 +373,9 @@ def test_blur_at_64_and_above(size: int, kernel: int) -> None:
     blurs = [t for t in _flatten(pipeline) if isinstance(t, v2.GaussianBlur)]
     assert len(blurs) == 1
     assert list(blurs[0].kernel_size) == [kernel, kernel]
-    applies = [t for t in pipeline.transforms if isinstance(t, v2.RandomApply) and blurs[0] in t.transforms]
+    applies = [
+        t for t in pipeline.transforms if isinstance(t, v2.RandomApply) and blurs[0] in t.transforms
+    ]
     assert len(applies) == 1 and applies[0].p == 0.5
     assert strong_view(size, MEAN, STD)(_red(size)).shape == (3, size, size)
 

@@ -38,8 +38,12 @@ def test_parameters_stay_in_the_per_image_pipelines_ranges(views):
     assert area.min() >= 0.2 - 0.05 and area.max() <= 1.0  # scale (0.2, 1.0), up to pixel rounding
     ratio = width / height
     assert ratio.min() >= 3 / 4 - 0.1 and ratio.max() <= 4 / 3 + 0.15  # ratio (3/4, 4/3), rounded
-    for name, low, high in (("brightness_factor", 0.6, 1.4), ("contrast_factor", 0.6, 1.4),
-                            ("saturation_factor", 0.6, 1.4), ("hue_factor", -0.1, 0.1)):
+    for name, low, high in (
+        ("brightness_factor", 0.6, 1.4),
+        ("contrast_factor", 0.6, 1.4),
+        ("saturation_factor", 0.6, 1.4),
+        ("hue_factor", -0.1, 0.1),
+    ):
         factor = jitter._params[name]
         assert factor.min() >= low and factor.max() <= high, name
         assert factor.std() > 0.05 * (high - low), name  # drawn per image, not once per batch
@@ -60,7 +64,12 @@ def test_datamodule_keeps_uint8_rows_and_draws_views_after_transfer():
     batch = next(iter(dm.train_dataloader()))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (32, 3, 32, 32)
     views = dm.on_after_batch_transfer(batch, 0)
-    assert [v.shape for v in views["strong"]] == [(32, 3, 32, 32)] * 2 and views["weak"].shape == (32, 3, 32, 32)
+    assert [v.shape for v in views["strong"]] == [(32, 3, 32, 32)] * 2 and views["weak"].shape == (
+        32,
+        3,
+        32,
+        32,
+    )
     assert torch.equal(views["label"], batch["label"])
 
 
@@ -74,8 +83,13 @@ def test_unknown_augment_on_names_the_setting():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_with_views_on_the_device(compose_config, tiny, tmp_path, method):
-    cfg = compose_config(f"+method={method}", "+reco=on", *tiny, "dataset.augment_on=device",
-                         "trainer.precision=bf16-mixed")
+    cfg = compose_config(
+        f"+method={method}",
+        "+reco=on",
+        *tiny,
+        "dataset.augment_on=device",
+        "trainer.precision=bf16-mixed",
+    )
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 3 and 0 <= summary["knn_acc"] <= 1
 
@@ -88,5 +102,7 @@ def test_a_seed_decides_the_views_and_leaves_the_global_rng_alone(views):
     torch.rand(100)  # the global state moves on: the seeded views do not
     again = views(images, weak=True, seed=1234)
     other = views(images, weak=True, seed=1235)
-    assert torch.equal(first["strong"][0], again["strong"][0]) and torch.equal(first["weak"], again["weak"])
+    assert torch.equal(first["strong"][0], again["strong"][0]) and torch.equal(
+        first["weak"], again["weak"]
+    )
     assert not torch.equal(first["strong"][0], other["strong"][0])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from reco_lightning.eval.linear import LinearProtocol, linear_evaluation, topk_accuracy
 from reco_lightning.metrics.diagnostics import (
     alignment,
     class_cosines,
@@ -14,7 +15,6 @@ from reco_lightning.metrics.diagnostics import (
     relation_diagnostics,
     uniformity,
 )
-from reco_lightning.eval.linear import LinearProtocol, linear_evaluation, topk_accuracy
 
 
 def two_clusters(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +75,15 @@ def test_topk_accuracy_by_hand():
 
 def test_linear_evaluation_learns_separable_features():
     features, labels = two_clusters(200)
-    result = linear_evaluation(features[::2], labels[::2], features[1::2], labels[1::2], 2,
-                               LinearProtocol(epochs=10, batch_size=16), progress=False)
+    result = linear_evaluation(
+        features[::2],
+        labels[::2],
+        features[1::2],
+        labels[1::2],
+        2,
+        LinearProtocol(epochs=10, batch_size=16),
+        progress=False,
+    )
     assert result["top1"] == 1.0 and result["protocol"]["epochs"] == 10
     assert math.isclose(result["protocol"]["lr_scaled"], 0.1 * 16 / 256)
 

@@ -35,10 +35,25 @@ def run_two_ranks(*args: str, timeout: float = 300) -> None:
     port = str(free_port())
     procs = []
     for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), NODE_RANK="0", OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), *args], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE="2",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            NODE_RANK="0",
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for proc in procs:
@@ -55,8 +70,14 @@ def run_two_ranks(*args: str, timeout: float = 300) -> None:
 )
 def test_queues_are_identical_on_both_ranks(tmp_path, method, augment_on):
     """With augment_on=device each rank draws the views of its own share on its device."""
-    overrides = [f"+method={method}", "+reco=on", "strategy=ddp_cpu", *TINY, "dataset.batch_size=16",
-                 f"dataset.augment_on={augment_on}"]
+    overrides = [
+        f"+method={method}",
+        "+reco=on",
+        "strategy=ddp_cpu",
+        *TINY,
+        "dataset.batch_size=16",
+        f"dataset.augment_on={augment_on}",
+    ]
     run_two_ranks("queues", str(tmp_path), *overrides)
     rank0 = torch.load(tmp_path / "queues_rank0.pt")
     rank1 = torch.load(tmp_path / "queues_rank1.pt")
@@ -107,11 +128,22 @@ def test_simclr_two_ranks_match_one_process_on_the_global_batch(tmp_path):
 def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
     """A two-job sweep with strategy=ddp_cpu: no stray directories, no hang, a report."""
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "reco_lightning", "-m", "+method=moco,simclr", "+reco=on",
-               "strategy=ddp_cpu", *[o.replace("method.", "++method.", 1) for o in TINY], "dataset.batch_size=16",
-               f"hydra.sweep.dir={sweep}"]
+    command = [
+        sys.executable,
+        "-m",
+        "reco_lightning",
+        "-m",
+        "+method=moco,simclr",
+        "+reco=on",
+        "strategy=ddp_cpu",
+        *[o.replace("method.", "++method.", 1) for o in TINY],
+        "dataset.batch_size=16",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # nothing outside the sweep
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -125,8 +157,12 @@ def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
     assert not list(sweep.rglob("train_ddp_process_*")), "a rank re-ran Hydra"
     assert [p.name for p in sweep.rglob("multirun.yaml")] == ["multirun.yaml"]
 
-    report = subprocess.run([sys.executable, "-m", "reco_lightning.report", str(sweep)],
-                            capture_output=True, text=True, timeout=120)
+    report = subprocess.run(
+        [sys.executable, "-m", "reco_lightning.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert report.returncode == 0, report.stderr
     assert "+method=moco" in report.stdout and "+method=simclr" in report.stdout
     with open(sweep / "report.csv") as handle:
@@ -136,6 +172,10 @@ def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
 
 
 def test_report_on_a_directory_without_jobs_is_a_message(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "reco_lightning.report", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "reco_lightning.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "no summary.json" in done.stderr

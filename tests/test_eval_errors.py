@@ -28,7 +28,12 @@ from reco_lightning.methods.base import METHOD_KEY
 from .conftest import TINY
 
 #: a quick evaluation: no linear classifier, no feature map, no alignment views
-QUICK = ["linear.enabled=false", "map.enabled=false", "progress=false", "diagnostics.alignment_images=0"]
+QUICK = [
+    "linear.enabled=false",
+    "map.enabled=false",
+    "progress=false",
+    "diagnostics.alignment_images=0",
+]
 
 
 def _train(out_dir: Path, *overrides: str) -> Path:
@@ -58,7 +63,11 @@ def eval_config(*overrides: str) -> DictConfig:
 
 def run_eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.eval", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "reco_lightning.eval", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -66,7 +75,9 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *phrases: str) -> s
     """Exit code 2, no traceback, and exactly one stderr line holding the error."""
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("reco_lightning.eval: error:")]
+    errors = [
+        line for line in done.stderr.splitlines() if line.startswith("reco_lightning.eval: error:")
+    ]
     assert len(errors) == 1, done.stderr
     for phrase in phrases:
         assert phrase in errors[0], errors[0]
@@ -84,12 +95,20 @@ def truncated_copy(checkpoint: Path, destination: Path, keep: float = 0.5) -> Pa
 @pytest.mark.slow
 def test_eval_uses_the_runs_knn_settings(runs, tmp_path):
     run = runs["simclr_off"]
-    assert OmegaConf.load(run / "config.yaml").knn.k == 20  # the digits preset's, not config.yaml's 200
+    assert (
+        OmegaConf.load(run / "config.yaml").knn.k == 20
+    )  # the digits preset's, not config.yaml's 200
     result = evaluate(eval_config(f"checkpoint={run}", f"output_dir={tmp_path}", *QUICK))
     assert (result["knn"]["k"], result["knn"]["temperature"]) == (20, 0.1)
-    assert result["knn"]["settings_from"] == {"k": "the run's config.yaml", "temperature": "the run's config.yaml"}
+    assert result["knn"]["settings_from"] == {
+        "k": "the run's config.yaml",
+        "temperature": "the run's config.yaml",
+    }
     written = json.loads((tmp_path / "eval.json").read_text())
-    assert written["knn"]["k"] == 20 and written["knn"]["settings_from"]["k"] == "the run's config.yaml"
+    assert (
+        written["knn"]["k"] == 20
+        and written["knn"]["settings_from"]["k"] == "the run's config.yaml"
+    )
 
 
 @pytest.mark.slow
@@ -97,7 +116,10 @@ def test_eval_knn_settings_on_the_command_line_win(runs, tmp_path):
     run = runs["simclr_off"]
     result = evaluate(eval_config(f"checkpoint={run}", f"output_dir={tmp_path}", "knn.k=7", *QUICK))
     assert (result["knn"]["k"], result["knn"]["temperature"]) == (7, 0.1)
-    assert result["knn"]["settings_from"] == {"k": "the command line", "temperature": "the run's config.yaml"}
+    assert result["knn"]["settings_from"] == {
+        "k": "the command line",
+        "temperature": "the run's config.yaml",
+    }
 
 
 def test_knn_settings_fall_back_to_the_checkpoint_then_the_default():
@@ -122,10 +144,16 @@ def test_eval_on_a_folder_smaller_than_the_training_batch(runs, tmp_path):
             folder = root / split / label
             folder.mkdir(parents=True)
             for index in range(3):
-                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+                Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                    folder / f"{index}.png"
+                )
     cfg = eval_config(
-        f"checkpoint={runs['simclr_off']}", "dataset=imagefolder", f"dataset.root={root}",
-        "dataset.num_workers=0", f"output_dir={tmp_path / 'out'}", *QUICK,
+        f"checkpoint={runs['simclr_off']}",
+        "dataset=imagefolder",
+        f"dataset.root={root}",
+        "dataset.num_workers=0",
+        f"output_dir={tmp_path / 'out'}",
+        *QUICK,
     )
     assert cfg.dataset.batch_size > 6  # the imagefolder preset's training batch: 256
     result = evaluate(cfg)
@@ -144,7 +172,9 @@ def test_read_checkpoint_reads_a_training_checkpoint(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.001, 0.0])
 def test_read_checkpoint_names_a_truncated_file(runs, tmp_path, keep):
-    bad = truncated_copy(runs["moco_on"] / "checkpoints" / "last.ckpt", tmp_path / "last.ckpt", keep)
+    bad = truncated_copy(
+        runs["moco_on"] / "checkpoints" / "last.ckpt", tmp_path / "last.ckpt", keep
+    )
     with pytest.raises(ConfigError) as caught:
         read_checkpoint(bad)
     message = str(caught.value)
@@ -205,17 +235,24 @@ def test_load_from_checkpoint_of_another_method_is_a_config_error(runs):
         assert str(moco_on) in message and "MoCo with ReCo on (+method=moco +reco=on)" in message
         assert f"loaded into {cls.__name__}" in message and "\n" not in message
     simclr_off = runs["simclr_off"] / "checkpoints" / "last.ckpt"
-    with pytest.raises(ConfigError, match=r"holds SimCLR with ReCo off .* loaded into MoCo with ReCo off"):
+    with pytest.raises(
+        ConfigError, match=r"holds SimCLR with ReCo off .* loaded into MoCo with ReCo off"
+    ):
         MoCo.load_from_checkpoint(simclr_off)  # builds, then on_load_checkpoint refuses
 
 
 @pytest.mark.slow
 def test_load_from_checkpoint_with_the_other_reco_setting_is_a_config_error(runs):
-    with pytest.raises(ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"):
+    with pytest.raises(
+        ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"
+    ):
         MoCo.load_from_checkpoint(runs["moco_on"] / "checkpoints" / "last.ckpt", reco=None)
-    with pytest.raises(ConfigError, match=r"holds SimCLR with ReCo off .* loaded into SimCLR with ReCo on"):
+    with pytest.raises(
+        ConfigError, match=r"holds SimCLR with ReCo off .* loaded into SimCLR with ReCo on"
+    ):
         SimCLR.load_from_checkpoint(
-            runs["simclr_off"] / "checkpoints" / "last.ckpt", reco={"bank_size": 256, "negatives_size": 256}
+            runs["simclr_off"] / "checkpoints" / "last.ckpt",
+            reco={"bank_size": 256, "negatives_size": 256},
         )
 
 
@@ -223,13 +260,17 @@ def test_load_from_checkpoint_with_the_other_reco_setting_is_a_config_error(runs
 def test_load_from_checkpoint_of_the_same_method_still_loads(runs):
     model = MoCo.load_from_checkpoint(runs["moco_on"] / "checkpoints" / "last.ckpt")
     assert model.reco_enabled
-    assert not SimCLR.load_from_checkpoint(runs["simclr_off"] / "checkpoints" / "last.ckpt").reco_enabled
+    assert not SimCLR.load_from_checkpoint(
+        runs["simclr_off"] / "checkpoints" / "last.ckpt"
+    ).reco_enabled
 
 
 @pytest.mark.slow
 def test_a_checkpoint_without_the_method_record_is_still_recognised(runs, tmp_path):
     """Checkpoints written before the record: the method follows from the hyperparameters."""
-    state = torch.load(runs["simclr_off"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(
+        runs["simclr_off"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     del state[METHOD_KEY]
     old = tmp_path / "old.ckpt"
     torch.save(state, old)
@@ -251,11 +292,20 @@ def test_a_trainer_resuming_with_the_other_reco_setting_is_a_config_error(runs, 
     model = MoCo(**hparams)
     datamodule = SSLDataModule(name="digits", image_size=16, batch_size=32, eval_batch_size=128)
     trainer = L.Trainer(
-        max_epochs=2, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
     )
-    with pytest.raises(ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"):
+    with pytest.raises(
+        ConfigError, match=r"holds MoCo with ReCo on .* loaded into MoCo with ReCo off"
+    ):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(checkpoint))
 
 

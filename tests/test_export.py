@@ -42,9 +42,25 @@ TOLERANCE = 1e-6
 RESNET_FORMATS = {f for f in FORMATS if f != "timm"}
 TIMM_FORMATS = {f for f in FORMATS if f != "torchvision"}
 JSON_FIELDS = {
-    "format", "file", "load", "architecture", "stem", "width", "feature_dim", "plain_torchvision", "torchvision",
-    "input_size", "normalisation", "method", "reco", "epoch", "global_step", "knn_acc", "knn_acc_from",
-    "checkpoint", "exports",
+    "format",
+    "file",
+    "load",
+    "architecture",
+    "stem",
+    "width",
+    "feature_dim",
+    "plain_torchvision",
+    "torchvision",
+    "input_size",
+    "normalisation",
+    "method",
+    "reco",
+    "epoch",
+    "global_step",
+    "knn_acc",
+    "knn_acc_from",
+    "checkpoint",
+    "exports",
 }
 
 
@@ -63,14 +79,20 @@ def fake_run(root: Path, width: int, small_stem: bool, image_size: int | None = 
     state_dict["projector.0.weight"] = torch.zeros(4, 4)
     state = {
         "state_dict": state_dict,
-        "hyper_parameters": {"backbone": "resnet18", "backbone_width": width, "small_stem": small_stem},
+        "hyper_parameters": {
+            "backbone": "resnet18",
+            "backbone_width": width,
+            "small_stem": small_stem,
+        },
         "epoch": 2,
         "global_step": 7,
     }
     (root / "checkpoints").mkdir(parents=True)
     torch.save(state, root / "checkpoints" / "last.ckpt")
     if image_size is not None:
-        (root / "config.yaml").write_text(f"seed: 0\ndataset:\n  name: cifar10\n  image_size: {image_size}\n")
+        (root / "config.yaml").write_text(
+            f"seed: 0\ndataset:\n  name: cifar10\n  image_size: {image_size}\n"
+        )
     return root
 
 
@@ -85,12 +107,16 @@ def batch_of(size: int, n: int = 4) -> torch.Tensor:
 
 # -- fast: width 64 is torchvision's ResNet, and the documented line loads it ---------------
 @pytest.mark.parametrize("small_stem", [False, True], ids=["torchvision_stem", "small_stem"])
-def test_width_64_loads_strict_into_plain_torchvision_with_the_documented_line(tmp_path, monkeypatch, small_stem):
+def test_width_64_loads_strict_into_plain_torchvision_with_the_documented_line(
+    tmp_path, monkeypatch, small_stem
+):
     run = fake_run(tmp_path / "run", 64, small_stem)
     info = export_backbone(run, "torchvision")
     folder = run / "export"
     assert (folder / "backbone.pth").is_file() and (folder / "backbone.json").is_file()
-    assert info["plain_torchvision"] and info["stem"] == ("small 3x3, no max-pool" if small_stem else "torchvision")
+    assert info["plain_torchvision"] and info["stem"] == (
+        "small 3x3, no max-pool" if small_stem else "torchvision"
+    )
     assert "reco_lightning" not in info["load"] and "torchvision.models.resnet18()" in info["load"]
     # the saved keys are torchvision's resnet18 keys without fc
     saved = torch.load(folder / "backbone.pth", weights_only=True)
@@ -108,9 +134,13 @@ def test_width_64_loads_strict_into_plain_torchvision_with_the_documented_line(t
 
 # -- fast: bad input is one line, and nothing is written --------------------------------------
 def test_unknown_format_is_one_line_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"format=torchvison is not a format .*did you mean format=torchvision\?"):
+    with pytest.raises(
+        ConfigError, match=r"format=torchvison is not a format .*did you mean format=torchvision\?"
+    ):
         check_format("torchvison")
-    with pytest.raises(ConfigError, match="choose one of torchvision, timm, safetensors, torchscript"):
+    with pytest.raises(
+        ConfigError, match="choose one of torchvision, timm, safetensors, torchscript"
+    ):
         check_format("onnx")
 
 
@@ -123,8 +153,14 @@ def test_bad_checkpoints_and_formats_are_config_errors_and_write_nothing(tmp_pat
         ((run, "onnx"), "format=onnx is not a format"),
         ((tmp_path / "nowhere", "torchvision"), "no checkpoint at"),
         ((truncated, "torchvision"), "not a readable checkpoint"),
-        ((run, "timm"), r"format=timm needs a backbone built from timm \(backbone.name=timm/...\); this one is resnet18: use format=torchvision"),
-        ((run, "torchvision", tmp_path / "out" / "weights.bin"), r"output=.*weights.bin: format=torchvision writes a .pth file"),
+        (
+            (run, "timm"),
+            r"format=timm needs a backbone built from timm \(backbone.name=timm/...\); this one is resnet18: use format=torchvision",
+        ),
+        (
+            (run, "torchvision", tmp_path / "out" / "weights.bin"),
+            r"output=.*weights.bin: format=torchvision writes a .pth file",
+        ),
         ((run, "torchvision", None, "big"), "image_size=big is not a positive number"),
     ]
     for args, phrase in cases:
@@ -153,9 +189,9 @@ def test_safetensors_missing_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_pieces():
-    assert backbone_weights({"state_dict": {"backbone.a": torch.ones(1), "target_backbone.a": torch.ones(1)}}) == {
-        "a": torch.ones(1)
-    }
+    assert backbone_weights(
+        {"state_dict": {"backbone.a": torch.ones(1), "target_backbone.a": torch.ones(1)}}
+    ) == {"a": torch.ones(1)}
     with pytest.raises(ConfigError, match="no backbone"):
         backbone_weights({"state_dict": {"projector.a": torch.ones(1)}})
     assert output_path(None, Path("RUN"), "torchscript") == Path("RUN/export/backbone.pt")
@@ -164,16 +200,27 @@ def test_pieces():
     assert normalisation({"name": "imagefolder"})["std"] == [0.229, 0.224, 0.225]
     assert normalisation(None) is None
     digits = normalisation({"name": "digits", "image_size": 16, "val_fraction": 0.2, "seed": 0})
-    assert len(set(digits["mean"])) == 1 and 0 < digits["mean"][0] < 1  # gray: one value per channel
+    assert (
+        len(set(digits["mean"])) == 1 and 0 < digits["mean"][0] < 1
+    )  # gray: one value per channel
     assert set(FORMATS) == {"torchvision", "timm", "safetensors", "torchscript"}
 
 
 def test_knn_accuracy_comes_from_the_summary_of_the_same_step_else_the_checkpoints_record(tmp_path):
-    state = {"global_step": 7, "callbacks": {"ModelCheckpoint{'monitor': 'val/knn_acc'}": {
-        "monitor": "val/knn_acc", "best_k_models": {"/elsewhere/checkpoints/best-x.ckpt": torch.tensor(0.25)}}}}
+    state = {
+        "global_step": 7,
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val/knn_acc'}": {
+                "monitor": "val/knn_acc",
+                "best_k_models": {"/elsewhere/checkpoints/best-x.ckpt": torch.tensor(0.25)},
+            }
+        },
+    }
     (tmp_path / "summary.json").write_text(json.dumps({"steps": 7, "knn_acc": 0.5}))
     assert knn_record(tmp_path, Path("last.ckpt"), state) == (0.5, "summary.json")
-    (tmp_path / "summary.json").write_text(json.dumps({"steps": 9, "knn_acc": 0.5}))  # later weights
+    (tmp_path / "summary.json").write_text(
+        json.dumps({"steps": 9, "knn_acc": 0.5})
+    )  # later weights
     assert knn_record(tmp_path, Path("last.ckpt"), state) == (None, None)
     assert knn_record(tmp_path, Path("best-x.ckpt"), state)[0] == 0.25
 
@@ -185,14 +232,24 @@ def test_export_command_on_a_truncated_checkpoint_is_one_line(tmp_path):
     done = run_export_cli(f"checkpoint={bad}", "format=safetensors", cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("reco_lightning.export: error:")]
-    assert len(errors) == 1 and str(bad) in errors[0] and "not a readable checkpoint" in errors[0], done.stderr
+    errors = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith("reco_lightning.export: error:")
+    ]
+    assert (
+        len(errors) == 1 and str(bad) in errors[0] and "not a readable checkpoint" in errors[0]
+    ), done.stderr
     assert not (run / "export").exists()
 
 
 def run_export_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.export", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "reco_lightning.export", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -217,9 +274,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "narrow": _train(root / "narrow", "+method=moco", "+reco=on"),
         "plain": _train(
-            root / "plain", "+method=simclr", "backbone.width=64", "backbone.small_stem=false", "dataset.image_size=32"
+            root / "plain",
+            "+method=simclr",
+            "backbone.width=64",
+            "backbone.small_stem=false",
+            "dataset.image_size=32",
         ),
-        "timm": _train(root / "timm", "+method=moco", "+reco=on", "backbone.name=timm/mobilenetv3_small_050"),
+        "timm": _train(
+            root / "timm", "+method=moco", "+reco=on", "backbone.name=timm/mobilenetv3_small_050"
+        ),
     }
 
 
@@ -227,7 +290,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def exported(runs) -> dict[str, dict[str, dict]]:
     """Every format of every run exported into the run's ``export/`` folder."""
     return {
-        name: {fmt: export_backbone(run, fmt) for fmt in FORMATS if fmt in (TIMM_FORMATS if name == "timm" else RESNET_FORMATS)}
+        name: {
+            fmt: export_backbone(run, fmt)
+            for fmt in FORMATS
+            if fmt in (TIMM_FORMATS if name == "timm" else RESNET_FORMATS)
+        }
         for name, run in runs.items()
     }
 
@@ -249,7 +316,9 @@ def test_state_dict_formats_give_the_checkpoints_features(runs, exported, name):
         "safetensors": safetensors.torch.load_file(run / "export" / "backbone.safetensors"),
     }
     for fmt, weights in loaded.items():
-        model, _ = build_backbone(hparams["backbone"], hparams["backbone_width"], hparams["small_stem"])
+        model, _ = build_backbone(
+            hparams["backbone"], hparams["backbone_width"], hparams["small_stem"]
+        )
         model.load_state_dict(weights, strict=True)
         difference = (features(model, batch) - expected).abs().max().item()
         print(f"{name} {fmt}: max |difference| {difference:.3g}")
@@ -280,7 +349,8 @@ LOADER = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, plain_formats", [("narrow", {"torchscript"}), ("plain", RESNET_FORMATS), ("timm", TIMM_FORMATS)]
+    "name, plain_formats",
+    [("narrow", {"torchscript"}), ("plain", RESNET_FORMATS), ("timm", TIMM_FORMATS)],
 )
 def test_exports_load_in_a_process_without_reco_lightning(runs, exported, name, plain_formats):
     run = runs[name]
@@ -289,7 +359,9 @@ def test_exports_load_in_a_process_without_reco_lightning(runs, exported, name, 
     batch = batch_of(SIZES[name])
     torch.save(batch, folder / "batch.pt")
     torch.save(features(reference, batch), folder / "expected.pt")
-    done = subprocess.run([sys.executable, "-c", LOADER], cwd=folder, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER], cwd=folder, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{name}, in a process without reco_lightning: {result}")
@@ -305,22 +377,52 @@ def test_backbone_json_describes_the_run(runs, exported):
     summary = json.loads((runs["narrow"] / "summary.json").read_text())
     for info in (narrow, plain):
         assert JSON_FIELDS <= set(info)
-        assert set(info["exports"]) == RESNET_FORMATS  # all three formats, one folder, one description
-        assert info["format"] == "torchscript" and info["file"] == "backbone.pt"  # the last one exported
+        assert (
+            set(info["exports"]) == RESNET_FORMATS
+        )  # all three formats, one folder, one description
+        assert (
+            info["format"] == "torchscript" and info["file"] == "backbone.pt"
+        )  # the last one exported
         assert info["global_step"] == 3 and info["epoch"] == 0
-        assert info["normalisation"]["dataset"] == "digits" and len(info["normalisation"]["std"]) == 3
-    assert {k: narrow[k] for k in ("architecture", "stem", "width", "feature_dim", "input_size", "method", "reco")} == {
-        "architecture": "resnet18", "stem": "small 3x3, no max-pool", "width": 8, "feature_dim": 64,
-        "input_size": [3, 16, 16], "method": "moco", "reco": True,
+        assert (
+            info["normalisation"]["dataset"] == "digits" and len(info["normalisation"]["std"]) == 3
+        )
+    assert {
+        k: narrow[k]
+        for k in ("architecture", "stem", "width", "feature_dim", "input_size", "method", "reco")
+    } == {
+        "architecture": "resnet18",
+        "stem": "small 3x3, no max-pool",
+        "width": 8,
+        "feature_dim": 64,
+        "input_size": [3, 16, 16],
+        "method": "moco",
+        "reco": True,
     }
     assert (narrow["knn_acc"], narrow["knn_acc_from"]) == (summary["knn_acc"], "summary.json")
     assert not narrow["plain_torchvision"] and "format=torchscript" in narrow["torchvision"]
-    assert {k: plain[k] for k in ("stem", "width", "feature_dim", "input_size", "method", "reco", "plain_torchvision")} == {
-        "stem": "torchvision", "width": 64, "feature_dim": 512, "input_size": [3, 32, 32], "method": "simclr",
-        "reco": False, "plain_torchvision": True,
+    assert {
+        k: plain[k]
+        for k in (
+            "stem",
+            "width",
+            "feature_dim",
+            "input_size",
+            "method",
+            "reco",
+            "plain_torchvision",
+        )
+    } == {
+        "stem": "torchvision",
+        "width": 64,
+        "feature_dim": 512,
+        "input_size": [3, 32, 32],
+        "method": "simclr",
+        "reco": False,
+        "plain_torchvision": True,
     }
     assert exported["plain"]["torchvision"]["load"] == (
-        'import torch, torchvision; m = torchvision.models.resnet18(); m.fc = torch.nn.Identity(); '
+        "import torch, torchvision; m = torchvision.models.resnet18(); m.fc = torch.nn.Identity(); "
         'm.load_state_dict(torch.load("backbone.pth")); m.eval()'
     )
 
@@ -329,7 +431,12 @@ def test_backbone_json_describes_the_run(runs, exported):
 def test_export_command_help_and_default_output(runs, exported, tmp_path):
     done = run_export_cli("--help", cwd=tmp_path)
     assert done.returncode == 0 and "format: torchvision" in done.stdout, done.stderr[-3000:]
-    done = run_export_cli(f"checkpoint={runs['narrow']}", "format=safetensors", f"output={tmp_path / 'out'}", cwd=tmp_path)
+    done = run_export_cli(
+        f"checkpoint={runs['narrow']}",
+        "format=safetensors",
+        f"output={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "backbone.safetensors").is_file() and "load it with" in done.stdout
     description = json.loads((tmp_path / "out" / "backbone.json").read_text())
@@ -341,8 +448,10 @@ def test_a_timm_backbone_exports_as_timm_not_torchvision(runs, exported):
     """One epoch of MoCo + ReCo on a timm model; its export says how timm builds it."""
     info = exported["timm"]["timm"]
     assert info["architecture"] == "timm/mobilenetv3_small_050" and info["stem"] == "timm"
-    assert info["load"] == ('import timm, torch; m = timm.create_model("mobilenetv3_small_050", num_classes=0); '
-                            'm.load_state_dict(torch.load("backbone.pth")); m.eval()')
+    assert info["load"] == (
+        'import timm, torch; m = timm.create_model("mobilenetv3_small_050", num_classes=0); '
+        'm.load_state_dict(torch.load("backbone.pth")); m.eval()'
+    )
     assert info["feature_dim"] == 1024 and info["reco"] is True
     with pytest.raises(ConfigError, match=r"came from timm .* use format=timm"):
         export_backbone(runs["timm"], "torchvision")

@@ -68,7 +68,9 @@ def test_one_stray_image_does_not_decide_the_size(tmp_path: Path) -> None:
 def test_the_data_module_exposes_the_inferred_size(tmp_path: Path) -> None:
     """``datamodule.image_size`` is what train.py records in config.yaml."""
     with pytest.warns(UserWarning, match="000_stray"):
-        dm = SSLDataModule(name="imagefolder", root=str(_stray_folder(tmp_path / "data")), batch_size=4)
+        dm = SSLDataModule(
+            name="imagefolder", root=str(_stray_folder(tmp_path / "data")), batch_size=4
+        )
     assert dm.image_size == 24
     batch = next(iter(dm.train_dataloader()))
     assert batch["strong"][0].shape == (4, 3, 24, 24)

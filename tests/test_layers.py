@@ -18,12 +18,31 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "reco_lightning"
 
 #: the layer of each top-level part of the package (a module or a subpackage)
 LAYERS: dict[str, int] = {
-    "errors": 0, "utils": 0, "config_checks": 0, "checkpoints": 0, "models": 0, "losses": 0, "metrics": 0,
-    "data": 1, "reco": 1,
+    "errors": 0,
+    "utils": 0,
+    "config_checks": 0,
+    "checkpoints": 0,
+    "models": 0,
+    "losses": 0,
+    "metrics": 0,
+    "data": 1,
+    "reco": 1,
     "methods": 2,
-    "callbacks": 3, "metrics_log": 3, "trackers": 3, "run_dir": 3, "eval": 3, "report": 3,
-    "launch": 4, "train": 4, "cli_checks": 4, "cli_help": 4, "schema": 4,
-    "worker": 5, "__main__": 5, "__init__": 5, "export": 5,
+    "callbacks": 3,
+    "metrics_log": 3,
+    "trackers": 3,
+    "run_dir": 3,
+    "eval": 3,
+    "report": 3,
+    "launch": 4,
+    "train": 4,
+    "cli_checks": 4,
+    "cli_help": 4,
+    "schema": 4,
+    "worker": 5,
+    "__main__": 5,
+    "__init__": 5,
+    "export": 5,
 }
 
 
@@ -46,7 +65,9 @@ def imports(path: Path, name: str | None = None) -> set[str]:
             else:
                 target = node.module or ""
             if target.startswith("reco_lightning"):
-                found |= {target} if node.module else {f"{target}.{alias.name}" for alias in node.names}
+                found |= (
+                    {target} if node.module else {f"{target}.{alias.name}" for alias in node.names}
+                )
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("reco_lightning")}
     return found
@@ -67,7 +88,9 @@ def part(module: str) -> str:
 
 def test_every_part_has_a_layer():
     parts = {part(module_name(p)) for p in PACKAGE.rglob("*.py")} - {"conf"}
-    assert parts <= set(LAYERS), f"give these parts a layer in LAYERS: {sorted(parts - set(LAYERS))}"
+    assert parts <= set(LAYERS), (
+        f"give these parts a layer in LAYERS: {sorted(parts - set(LAYERS))}"
+    )
 
 
 def test_no_part_imports_a_higher_layer():
@@ -89,7 +112,10 @@ def test_no_import_cycle_between_parts():
         graph.setdefault(source, set()).update(part(t) for t in imports(path) if part(t) != source)
 
     def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in graph.get(start, ()))
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+            for nxt in graph.get(start, ())
+        )
 
     cycles = [p for p in graph if reaches(p, p, {p})]
     assert not cycles, f"parts in an import cycle: {sorted(cycles)}"
@@ -98,14 +124,22 @@ def test_no_import_cycle_between_parts():
 def test_every_subpackage_is_installed():
     """pyproject.toml lists the packages by hand: a new subpackage must be in the list."""
     pyproject = (PACKAGE.parents[1] / "pyproject.toml").read_text()
-    listed = set(re.findall(r'^\s*"(reco_lightning[\w.]*)",', pyproject.split("packages = [", 1)[1].split("]", 1)[0], re.M))
+    listed = set(
+        re.findall(
+            r'^\s*"(reco_lightning[\w.]*)",',
+            pyproject.split("packages = [", 1)[1].split("]", 1)[0],
+            re.M,
+        )
+    )
     on_disk = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
     assert on_disk - {"reco_lightning.conf"} <= listed, sorted(on_disk - listed)
 
 
 def test_the_walker_finds_a_lazy_relative_import_of_a_higher_layer(tmp_path):
     fake = tmp_path / "fake.py"
-    fake.write_text("import torch\n\ndef f():\n    from ..train import train\n    from .instance import nt_xent_loss\n")
+    fake.write_text(
+        "import torch\n\ndef f():\n    from ..train import train\n    from .instance import nt_xent_loss\n"
+    )
     found = imports(fake, name="reco_lightning.losses.fake")
     assert found == {"reco_lightning.train", "reco_lightning.losses.instance"}
     assert LAYERS[part("reco_lightning.train")] > LAYERS["losses"]

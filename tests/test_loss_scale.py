@@ -62,8 +62,15 @@ def test_an_unknown_scale_is_named():
 
 def _moco(reco=None) -> MoCo:
     torch.manual_seed(0)
-    return MoCo(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16,
-                queue_size=64, reco=reco)
+    return MoCo(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        queue_size=64,
+        reco=reco,
+    )
 
 
 def test_term_gradient_norms_are_each_terms_own_backbone_gradient(monkeypatch):
@@ -71,7 +78,9 @@ def test_term_gradient_norms_are_each_terms_own_backbone_gradient(monkeypatch):
     backbone (computed here by a separate backward pass), and the shares add up to 1."""
     model = _moco()
     logged: dict[str, float] = {}
-    monkeypatch.setattr(model, "log", lambda name, value, **_: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(
+        model, "log", lambda name, value, **_: logged.__setitem__(name, float(value))
+    )
     x = torch.randn(4, 3, 16, 16)
     features = model.backbone(x)
     first = features.pow(2).mean()
@@ -81,7 +90,9 @@ def test_term_gradient_norms_are_each_terms_own_backbone_gradient(monkeypatch):
     def norm(term):
         model.zero_grad()
         term.backward(retain_graph=True)
-        return torch.sqrt(sum(p.grad.pow(2).sum() for p in model.backbone.parameters() if p.grad is not None))
+        return torch.sqrt(
+            sum(p.grad.pow(2).sum() for p in model.backbone.parameters() if p.grad is not None)
+        )
 
     expected = {"method": norm(first).item(), "global": norm(second).item(), "local": 0.0}
     for name, value in expected.items():

@@ -19,8 +19,14 @@ from reco_lightning.metrics.knn import knn_accuracy, weighted_knn_scores
 def weighted_knn_predict(*args, **kwargs):
     """The class with most weighted votes."""
     return weighted_knn_scores(*args, **kwargs).argmax(dim=1)
+
+
 from reco_lightning.losses.instance import byol_loss, info_nce_loss, nt_xent_loss
-from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
+from reco_lightning.losses.relation import (
+    global_relation_loss,
+    interpolation_target,
+    local_interpolation_loss,
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -260,7 +266,9 @@ def test_losses_computed_in_float32_for_low_precision_inputs(dtype):
         "nt_xent": lambda a, b, c, n: nt_xent_loss(a, b, 0.1),
         "byol": lambda a, b, c, n: byol_loss(a, b),
         "global": lambda a, b, c, n: global_relation_loss(a, c, n, 0.1, 0.04),
-        "local": lambda a, b, c, n: local_interpolation_loss(a, interpolation_target(a, b, 0.3), n, 0.2),
+        "local": lambda a, b, c, n: local_interpolation_loss(
+            a, interpolation_target(a, b, 0.3), n, 0.2
+        ),
     }
     for name, fn in cases.items():
         low = fn(q.to(dtype), k.to(dtype), w.to(dtype), bank.to(dtype))
@@ -311,9 +319,13 @@ def test_weighted_knn_normalises_features_and_chunks():
     scale = torch.tensor([[5.0], [0.1], [0.1], [1.0], [3.0], [1.0]])
     queries = torch.cat([query, _t([_unit(60)]), _t([_unit(175)])])
     expected = [0, 1, 0]
-    out = weighted_knn_predict(train * scale, labels, queries * 7, 2, k=3, temperature=0.1, chunk_size=1)
+    out = weighted_knn_predict(
+        train * scale, labels, queries * 7, 2, k=3, temperature=0.1, chunk_size=1
+    )
     assert out.tolist() == expected
-    accuracy = knn_accuracy(train, labels, queries, torch.tensor([0, 1, 1]), 2, k=3, temperature=0.1)
+    accuracy = knn_accuracy(
+        train, labels, queries, torch.tensor([0, 1, 1]), 2, k=3, temperature=0.1
+    )
     assert accuracy == pytest.approx(2 / 3)
 
 
@@ -334,7 +346,9 @@ def test_knn_monitor_matches_knn_accuracy_over_batches_and_resets():
     result = monitor.compute()
     expected = knn_accuracy(bank, bank_labels, queries, query_labels, 4, 5, 0.07)
     assert result.accuracy.item() == pytest.approx(expected)
-    assert torch.equal(result.query_features, queries) and torch.equal(result.query_labels, query_labels)
+    assert torch.equal(result.query_features, queries) and torch.equal(
+        result.query_labels, query_labels
+    )
     monitor.reset()
     assert not monitor.has_data()
     assert "bank_features" not in monitor.state_dict()  # not saved in checkpoints

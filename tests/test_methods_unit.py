@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from reco_lightning.losses.instance import info_nce_loss
 from reco_lightning.methods import BYOL, MoCo, SimCLR, SimSiam
 from reco_lightning.methods.base import MethodOutput
-from reco_lightning.losses.instance import info_nce_loss
 from reco_lightning.utils.momentum import cosine_momentum, ema_update, make_target
 from reco_lightning.utils.optim import warmup_cosine
 
@@ -64,7 +64,9 @@ def build(cls, reco=None, seed: int = 0, **kwargs):
 def fill_reco_queues(model) -> None:
     """Write ReCo's queues whole (unwritten rows are left out, so fresh queues skip both terms)."""
     generator = torch.Generator().manual_seed(123)
-    negatives = model.reco.negatives if model.reco.negatives is not None else model.queue  # MoCo lends its own
+    negatives = (
+        model.reco.negatives if model.reco.negatives is not None else model.queue
+    )  # MoCo lends its own
     for queue in (model.reco.bank, negatives):
         keys = torch.randn(queue.size, queue.features.shape[1], generator=generator)
         queue.enqueue(nn.functional.normalize(keys, dim=1))
@@ -85,7 +87,9 @@ def _grads(module: nn.Module) -> list:
 
 def _has_grad(module: nn.Module) -> bool:
     grads = _grads(module)
-    return bool(grads) and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    return (
+        bool(grads) and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    )
 
 
 def _no_grad(module: nn.Module) -> bool:
@@ -133,7 +137,9 @@ def test_reco_step_adds_weighted_terms(cls, monkeypatch):
     monkeypatch.setattr(type(model), "method_step", method_spy)
     batch = make_batch()
     loss = model.training_step(batch, 0)
-    probe = nn.functional.cross_entropy(model.classifier(seen["method"].features.detach()), batch["label"])
+    probe = nn.functional.cross_entropy(
+        model.classifier(seen["method"].features.detach()), batch["label"]
+    )
     expected = seen["method"].loss + seen["terms"].weighted + probe
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert seen["terms"].global_.item() > 0 and seen["terms"].local.item() > 0
@@ -301,7 +307,9 @@ def test_moco_lends_reco_the_queue_as_it_was_before_its_keys(monkeypatch):
 
     monkeypatch.setattr(type(model.reco), "forward", spy)
     model.training_step(make_batch(), 0)
-    assert torch.equal(lent["negatives"], keys)  # 3 batches written, this step's keys not among them
+    assert torch.equal(
+        lent["negatives"], keys
+    )  # 3 batches written, this step's keys not among them
     assert int(model.queue.num_enqueued) == 4 * B
 
 
@@ -373,7 +381,9 @@ def test_compiled_step_matches_eager_step() -> None:
     eager, compiled = build(MoCo), build(MoCo, compile_backbone=True)
     compiled.setup("fit")
     batch = make_batch()
-    torch.testing.assert_close(compiled.training_step(batch, 0), eager.training_step(batch, 0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        compiled.training_step(batch, 0), eager.training_step(batch, 0), rtol=1e-4, atol=1e-4
+    )
 
 
 # -- BYOL's predictor learning rate ---------------------------------------------------------
@@ -385,7 +395,11 @@ def test_byol_predictor_lr_scale_gives_the_predictor_groups_of_its_own() -> None
     assert {id(p) for g in scaled for p in g["params"]} == predictor
     others = [p for g in groups if "lr" not in g for p in g["params"]]
     assert others and not predictor & {id(p) for p in others}
-    trainable = {id(p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("classifier")}
+    trainable = {
+        id(p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and not n.startswith("classifier")
+    }
     assert {id(p) for g in groups for p in g["params"]} == trainable  # every parameter once
 
 

@@ -111,7 +111,9 @@ def test_cutmix_pastes_from_permuted_second_batch(monkeypatch):
     for seed in range(20):
         torch.manual_seed(seed)
         first = torch.zeros(B, C, H, W)
-        second = (torch.arange(B, dtype=torch.float32) + 1).view(B, 1, 1, 1).expand(B, C, H, W).clone()
+        second = (
+            (torch.arange(B, dtype=torch.float32) + 1).view(B, 1, 1, 1).expand(B, C, H, W).clone()
+        )
         _fixed_lambda(monkeypatch, 0.5)  # a box of 11 -> 10 px side, never empty
         mixed = mix_views(first, second, "cutmix")
         top, bottom, left, right = mixed.box
@@ -145,7 +147,10 @@ def test_permutation_is_a_permutation(mode):
 
 def test_permutation_varies_between_calls():
     torch.manual_seed(0)
-    seen = {tuple(mix_views(torch.rand(8, C, 4, 4), torch.rand(8, C, 4, 4)).permutation.tolist()) for _ in range(10)}
+    seen = {
+        tuple(mix_views(torch.rand(8, C, 4, 4), torch.rand(8, C, 4, 4)).permutation.tolist())
+        for _ in range(10)
+    }
     assert len(seen) > 1
 
 
@@ -165,11 +170,14 @@ def test_lambda_in_unit_interval_and_alpha_is_used():
     lams = []
     for seed in range(50):
         torch.manual_seed(seed)
-        lams.append(mix_views(torch.rand(2, C, 4, 4), torch.rand(2, C, 4, 4), "mixup", alpha=1.0).lam)
+        lams.append(
+            mix_views(torch.rand(2, C, 4, 4), torch.rand(2, C, 4, 4), "mixup", alpha=1.0).lam
+        )
     assert all(0.0 <= lam <= 1.0 for lam in lams)
     assert max(lams) - min(lams) > 0.5  # Beta(1, 1) is uniform: spread out
     concentrated = [
-        mix_views(torch.rand(2, C, 4, 4), torch.rand(2, C, 4, 4), "mixup", alpha=1000.0).lam for _ in range(20)
+        mix_views(torch.rand(2, C, 4, 4), torch.rand(2, C, 4, 4), "mixup", alpha=1000.0).lam
+        for _ in range(20)
     ]
     assert all(abs(lam - 0.5) < 0.1 for lam in concentrated)
 

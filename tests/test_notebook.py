@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[dev]')")
-nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[dev]')")
-pytest.importorskip("ipykernel", reason="ipykernel is not installed, so no kernel can run the notebook")
+nbformat = pytest.importorskip(
+    "nbformat", reason="nbformat is not installed (pip install -e '.[dev]')"
+)
+nbclient = pytest.importorskip(
+    "nbclient", reason="nbclient is not installed (pip install -e '.[dev]')"
+)
+pytest.importorskip(
+    "ipykernel", reason="ipykernel is not installed, so no kernel can run the notebook"
+)
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "reco_mixin_tutorial.ipynb"
 
@@ -26,7 +32,9 @@ def _remove_log_dir(notebook) -> None:
             for line in output.get("text", "").splitlines():
                 if line.startswith("logs go to "):
                     path = Path(line.removeprefix("logs go to ").strip())
-                    if path.parent == Path(tempfile.gettempdir()) and path.name.startswith("reco_tutorial_"):
+                    if path.parent == Path(tempfile.gettempdir()) and path.name.startswith(
+                        "reco_tutorial_"
+                    ):
                         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -48,14 +56,23 @@ def test_notebook_executes_and_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = _load()
     client = nbclient.NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     try:
         client.execute()  # raises CellExecutionError, with the failing cell, if any cell fails
     finally:
         _remove_log_dir(notebook)
 
-    errors = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert not errors
 
     plot_cells = [c for c in notebook.cells if "plot" in c.metadata.get("tags", [])]
@@ -71,7 +88,9 @@ def test_the_user_module_needs_little_glue():
     """The tutorial's whole SimSiam-with-ReCo module is at most 30 lines of code, and its
     ReCo glue is the three things the README promises: no hook, no setup call."""
     source = next(cell.source for cell in _load().cells if "class SimSiamReCo" in cell.source)
-    code = [line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")]
+    code = [
+        line for line in source.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
     assert len(code) <= 30, f"{len(code)} lines"
     assert "def on_train_batch_end" not in source and "setup_reco" not in source
     glue = [line for line in code if "reco" in line.lower() and "def " not in line]

@@ -25,17 +25,23 @@ def test_lars_first_step_matches_hand_computation() -> None:
 
 def test_lars_excluded_group_is_plain_sgd_with_momentum() -> None:
     bias = nn.Parameter(torch.tensor([1.0, -1.0]))
-    optimizer = LARS([{"params": [bias], "weight_decay": 0.0, "lars_exclude": True}], lr=0.1, momentum=0.9)
+    optimizer = LARS(
+        [{"params": [bias], "weight_decay": 0.0, "lars_exclude": True}], lr=0.1, momentum=0.9
+    )
     for _ in range(2):
         bias.grad = torch.tensor([1.0, 2.0])
         optimizer.step()
     # buffer: g, then 0.9 g + g = 1.9 g; total step 0.1 * 2.9 g
-    torch.testing.assert_close(bias.detach(), torch.tensor([1.0, -1.0]) - 0.1 * 2.9 * torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(
+        bias.detach(), torch.tensor([1.0, -1.0]) - 0.1 * 2.9 * torch.tensor([1.0, 2.0])
+    )
 
 
 def _small_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+    return nn.Sequential(
+        nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3)
+    )
 
 
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
@@ -49,12 +55,16 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -
 @pytest.mark.parametrize("name", ["lars", "sgd"])
 def test_every_kernel_gives_the_loop_update(name: str) -> None:
     reference = _small_model()
-    _train(reference, build_optimizer(name, split_decay_groups(reference), 0.5, 1e-3, kernel="loop"))
+    _train(
+        reference, build_optimizer(name, split_decay_groups(reference), 0.5, 1e-3, kernel="loop")
+    )
     kernels = ["foreach", "fused", "auto"] if name == "sgd" else ["foreach", "auto"]
     for kernel in kernels:
         model = _small_model()
         _train(model, build_optimizer(name, split_decay_groups(model), 0.5, 1e-3, kernel=kernel))
-        for (key, expected), actual in zip(reference.state_dict().items(), model.state_dict().values()):
+        for (key, expected), actual in zip(
+            reference.state_dict().items(), model.state_dict().values()
+        ):
             torch.testing.assert_close(actual, expected, msg=f"{name} {kernel}: {key}")
     untouched = _small_model()
     torch.testing.assert_close(model[4].weight, untouched[4].weight)  # no gradient, no update

@@ -29,10 +29,14 @@ def _all_committed(monkeypatch):
 
 
 def test_the_choice_is_the_best_mean_of_both_seeds_and_never_off():
-    results = _results("byol", {"off": (0.9, 0.9), "default": (0.5, 0.3), "scale-relative": (0.45, 0.40)})
+    results = _results(
+        "byol", {"off": (0.9, 0.9), "default": (0.5, 0.3), "scale-relative": (0.45, 0.40)}
+    )
     choice = q.validation_choice("byol", results)
     assert choice.best == "scale-relative" and not choice.missing
-    assert choice.reco["scale"] == "relative" and choice.reco["mix"] == "mixup"  # auto made BYOL's choice
+    assert (
+        choice.reco["scale"] == "relative" and choice.reco["mix"] == "mixup"
+    )  # auto made BYOL's choice
 
 
 def test_a_test_cell_runs_with_the_chosen_defaults():
@@ -42,7 +46,9 @@ def test_a_test_cell_runs_with_the_chosen_defaults():
 
 def test_a_test_cell_is_refused_when_validation_chose_another_setting():
     results = _results("moco", {"default": (0.5, 0.5), "negatives-batch": (0.6, 0.55)})
-    with pytest.raises(q.CellRefused, match=r"negatives='queue' against 'batch'.*'negatives-batch'"):
+    with pytest.raises(
+        q.CellRefused, match=r"negatives='queue' against 'batch'.*'negatives-batch'"
+    ):
         q.check_test_cell(q.Cell("test-moco-on-s0", "moco", True, 0), DATA, results)
 
 
@@ -64,7 +70,9 @@ def test_reco_off_test_cells_and_validation_cells_need_no_choice():
 
 
 def test_every_group_names_each_cell_once_and_validation_never_reads_test_images():
-    cells = [cell for name, group in q.groups().items() if not name.startswith("val-") for cell in group]
+    cells = [
+        cell for name, group in q.groups().items() if not name.startswith("val-") for cell in group
+    ]
     assert len({cell.name for cell in cells}) == len(cells)
     assert all(cell.split == "trainval" for cell in q.val_cells())
     assert len(q.test_cells()) == 18 and {c.seed for c in q.test_cells()} == {0, 1, 2}

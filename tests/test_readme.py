@@ -18,9 +18,13 @@ def test_the_readme_has_python_snippets():
     assert len(BLOCKS) >= 2
 
 
-@pytest.mark.parametrize("index", [
-    pytest.param(i, marks=pytest.mark.slow) if ".fit(" in block else i for i, block in enumerate(BLOCKS)
-])
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(i, marks=pytest.mark.slow) if ".fit(" in block else i
+        for i, block in enumerate(BLOCKS)
+    ],
+)
 def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     source = BLOCKS[index]

@@ -13,8 +13,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from reco_lightning.errors import ConfigError
-from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin, module as reco_module
-from reco_lightning.losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
+from reco_lightning.losses.relation import (
+    global_relation_loss,
+    interpolation_target,
+    local_interpolation_loss,
+)
+from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin
+from reco_lightning.reco import module as reco_module
 from reco_lightning.reco.mixing import mix_views
 from reco_lightning.reco.queue import FeatureQueue
 
@@ -39,14 +44,24 @@ class Tiny(ReCoMixin, L.LightningModule):
     queue of its own (``negatives``) it lends ReCo that queue's written rows.
     """
 
-    def __init__(self, reco=CONFIG, negatives: FeatureQueue | None = None, temperature: float = 0.2) -> None:
+    def __init__(
+        self, reco=CONFIG, negatives: FeatureQueue | None = None, temperature: float = 0.2
+    ) -> None:
         super().__init__()
         self.online = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.target = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.keys = negatives
         settings = ReCoConfig.from_mapping(reco)
-        self.reco = None if settings is None else ReCo(
-            settings, DIM, self, temperature=temperature, borrows_negatives=negatives is not None
+        self.reco = (
+            None
+            if settings is None
+            else ReCo(
+                settings,
+                DIM,
+                self,
+                temperature=temperature,
+                borrows_negatives=negatives is not None,
+            )
         )
 
     def online_embedding(self, images):
@@ -70,7 +85,9 @@ def _batch(seed: int = 0):
 def _fill(queue: FeatureQueue, seed: int = 100) -> None:
     """Write a whole queue with random unit keys (unwritten rows are left out of the terms)."""
     generator = torch.Generator().manual_seed(seed)
-    queue.enqueue(F.normalize(torch.randn(queue.size, queue.features.shape[1], generator=generator), dim=1))
+    queue.enqueue(
+        F.normalize(torch.randn(queue.size, queue.features.shape[1], generator=generator), dim=1)
+    )
 
 
 def _tiny(reco=CONFIG, seed: int = 0, fill: bool = True, **kwargs) -> Tiny:
@@ -164,7 +181,9 @@ def test_terms_follow_reco_definitions():
         mixed = mix_views(v1, v2, "cutmix", 1.0)
         expected_global = global_relation_loss(q1, weak, bank, 0.3, 0.05)
         target = interpolation_target(q1, k2[mixed.permutation], mixed.lam)
-        expected_local = local_interpolation_loss(model.online_embedding(mixed.images), target, negatives, 0.2)
+        expected_local = local_interpolation_loss(
+            model.online_embedding(mixed.images), target, negatives, 0.2
+        )
     assert terms.global_.item() == pytest.approx(expected_global.item(), rel=1e-5)
     assert terms.local.item() == pytest.approx(expected_local.item(), rel=1e-5)
 
@@ -202,7 +221,10 @@ def test_one_call_scores_the_queues_as_they_were_then_fills_them(monkeypatch):
         monkeypatch.setattr(reco_module, name, spy)
     model = _tiny()
     v1, v2, w = _batch()
-    bank_before, negatives_before = model.reco.bank.features.clone(), model.reco.negatives.features.clone()
+    bank_before, negatives_before = (
+        model.reco.bank.features.clone(),
+        model.reco.negatives.features.clone(),
+    )
     loss = model.reco_loss((v1, v2, w))
     assert torch.equal(scored["global_relation_loss"], bank_before)
     assert torch.equal(scored["local_interpolation_loss"], negatives_before)
@@ -213,7 +235,10 @@ def test_one_call_scores_the_queues_as_they_were_then_fills_them(monkeypatch):
     assert torch.allclose(model.reco.bank.features[:B], weak_keys, atol=1e-6)
     assert torch.allclose(model.reco.negatives.features[:B], k2, atol=1e-6)
     assert torch.equal(model.reco.bank.features[B:], bank_before[B:])
-    assert int(model.reco.bank.num_enqueued) == 16 + B and int(model.reco.negatives.num_enqueued) == 16 + B
+    assert (
+        int(model.reco.bank.num_enqueued) == 16 + B
+        and int(model.reco.negatives.num_enqueued) == 16 + B
+    )
     # and backward still works: the enqueue did not touch what autograd saved
     loss.backward()
     assert model.online[1].weight.grad.abs().sum() > 0
@@ -298,7 +323,10 @@ def test_reco_queues_travel_in_the_state_dict():
     fresh.load_state_dict(model.state_dict())
     for name in ("bank", "negatives"):
         theirs, ours = getattr(fresh.reco, name), getattr(model.reco, name)
-        assert torch.equal(theirs.features, ours.features) and theirs.num_filled() == ours.num_filled() == 16
+        assert (
+            torch.equal(theirs.features, ours.features)
+            and theirs.num_filled() == ours.num_filled() == 16
+        )
     assert model.reco.config == ReCoConfig(bank_size=16, negatives_size=16)
 
 
@@ -361,10 +389,17 @@ def test_from_mapping_defaults_and_off():
     assert ReCoConfig.from_mapping({"enabled": False}) is None
     config = ReCoConfig.from_mapping({"enabled": True})
     assert config == ReCoConfig()
-    assert (config.w_global, config.w_local, config.tau_student, config.tau_teacher) == (1.0, 1.0, 0.1, 0.04)
+    assert (config.w_global, config.w_local, config.tau_student, config.tau_teacher) == (
+        1.0,
+        1.0,
+        0.1,
+        0.04,
+    )
     assert (config.alpha, config.mix, config.tau_local) == (1.0, "auto", None)
     assert ReCoConfig.from_mapping(config) is config
-    assert ReCoConfig.from_mapping(OmegaConf.create({"w_local": 0.5, "enabled": True})) == ReCoConfig(w_local=0.5)
+    assert ReCoConfig.from_mapping(
+        OmegaConf.create({"w_local": 0.5, "enabled": True})
+    ) == ReCoConfig(w_local=0.5)
     with pytest.raises(TypeError, match="a ReCoConfig, a mapping or None"):
         ReCoConfig.from_mapping(0.5)
 
@@ -379,7 +414,9 @@ def test_borrowed_negatives_not_duplicated_and_not_filled_by_reco():
     state = model.state_dict()
     # the lent queue is saved once, as the module's own, and ReCo keeps no copy of it
     assert sum(1 for value in state.values() if value.data_ptr() == own.features.data_ptr()) == 1
-    assert sum(1 for value in state.values() if value.shape == own.features.shape) == 2  # it + the relation bank
+    assert (
+        sum(1 for value in state.values() if value.shape == own.features.shape) == 2
+    )  # it + the relation bank
 
     before = own.features.clone()
     terms = model.terms(*_batch())
@@ -416,16 +453,23 @@ def test_a_borrowing_reco_without_lent_negatives_says_so():
 @pytest.mark.parametrize("order", ["mixin first", "mixin last"])
 def test_either_base_order_works(order):
     """The mixin has no hooks, so where it sits among the bases does not matter."""
-    bases = (ReCoMixin, L.LightningModule) if order == "mixin first" else (L.LightningModule, ReCoMixin)
+    bases = (
+        (ReCoMixin, L.LightningModule) if order == "mixin first" else (L.LightningModule, ReCoMixin)
+    )
 
     def init(self):
         L.LightningModule.__init__(self)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(C * S * S, DIM))
         self.reco = ReCo(CONFIG, DIM, self)
 
-    Either = type("Either", bases, {
-        "__init__": init, "online_embedding": lambda self, x: F.normalize(self.net(x), dim=1),
-    })
+    Either = type(
+        "Either",
+        bases,
+        {
+            "__init__": init,
+            "online_embedding": lambda self, x: F.normalize(self.net(x), dim=1),
+        },
+    )
     model = Either()
     for seed in range(5):  # four batches fill the bank and negatives, the fifth is scored
         loss = model.reco_loss(_batch(seed))

@@ -78,7 +78,9 @@ class NoTarget(ReCoMixin, L.LightningModule):
         bank = self.reco.bank
         rows = (bank.pointer - B + torch.arange(B)) % bank.size
         self.keys_match_teacher.append(
-            torch.allclose(bank.features[rows], self.reco.teacher_embedding(self, batch["weak"]), atol=1e-6)
+            torch.allclose(
+                bank.features[rows], self.reco.teacher_embedding(self, batch["weak"]), atol=1e-6
+            )
         )
         return loss
 
@@ -154,7 +156,9 @@ def test_ema_teacher_moves_once_per_optimizer_step_with_accumulation(monkeypatch
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if (batch_idx + 1) % 2 == 0:
-                after_steps.append({k: v.clone() for k, v in pl_module.encoder.state_dict().items()})
+                after_steps.append(
+                    {k: v.clone() for k, v in pl_module.encoder.state_dict().items()}
+                )
 
     updates = []
     original = EMATeacher.update
@@ -166,8 +170,13 @@ def test_ema_teacher_moves_once_per_optimizer_step_with_accumulation(monkeypatch
 
     monkeypatch.setattr(EMATeacher, "update", counting)
     trainer = L.Trainer(
-        max_epochs=1, accumulate_grad_batches=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordOnlineAfterStep()],
+        max_epochs=1,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RecordOnlineAfterStep()],
         accelerator="cpu",
     )
     trainer.fit(model, DataLoader(Views(6 * B), batch_size=B))
@@ -204,7 +213,9 @@ def test_step_gate_is_saved_and_restored():
 
 def test_without_a_trainer_every_call_moves_the_teacher():
     torch.manual_seed(0)
-    model = WithTarget({"bank_size": 16, "negatives_size": 16, "teacher": "ema", "teacher_momentum": 0.5})
+    model = WithTarget(
+        {"bank_size": 16, "negatives_size": 16, "teacher": "ema", "teacher_momentum": 0.5}
+    )
     copy = model.reco.teacher.copies["online"]
     with torch.no_grad():
         model.online[1].weight.add_(1.0)
@@ -216,8 +227,14 @@ def test_without_a_trainer_every_call_moves_the_teacher():
 # --------------------------------------------------------------------------- ownership
 def _simclr(**reco):
     torch.manual_seed(0)
-    return SimCLR(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16,
-                  reco={"bank_size": 64, "negatives_size": 64, **reco})
+    return SimCLR(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        reco={"bank_size": 64, "negatives_size": 64, **reco},
+    )
 
 
 def _moved_simclr() -> SimCLR:
@@ -249,12 +266,17 @@ def _assert_same_reco_state(a: SimCLR, b: SimCLR) -> None:
 def test_simclr_teacher_is_in_the_checkpoint_and_comes_back():
     model = _moved_simclr()
     state = model.state_dict()
-    assert set(model.reco.teacher.copies) == {"backbone", "projector"}  # the online probe is no part of it
+    assert set(model.reco.teacher.copies) == {
+        "backbone",
+        "projector",
+    }  # the online probe is no part of it
 
     fresh = _simclr(teacher_momentum=0.5)
     assert fresh.reco.teacher.step_gate.last_step == 0
-    assert not torch.equal(fresh.reco.teacher.copies["backbone"].conv1.weight,
-                           model.reco.teacher.copies["backbone"].conv1.weight)
+    assert not torch.equal(
+        fresh.reco.teacher.copies["backbone"].conv1.weight,
+        model.reco.teacher.copies["backbone"].conv1.weight,
+    )
     fresh.load_state_dict(state)
     _assert_same_reco_state(model, fresh)
     # the restored gate does not move the teacher again for step 7
@@ -269,12 +291,16 @@ def test_a_checkpoint_with_the_old_key_names_loads(tmp_path, how):
     """Checkpoints written before ReCo was one module kept its state under
     ``relation_bank.``, ``reco_negatives.`` and ``reco_teacher.``."""
     model = _moved_simclr()
-    renames = {"reco.bank.": "relation_bank.", "reco.negatives.": "reco_negatives.", "reco.teacher.": "reco_teacher."}
+    renames = {
+        "reco.bank.": "relation_bank.",
+        "reco.negatives.": "reco_negatives.",
+        "reco.teacher.": "reco_teacher.",
+    }
     legacy = {}
     for key, value in model.state_dict().items():
         for new, old in renames.items():
             if key.startswith(new):
-                key = old + key[len(new):]
+                key = old + key[len(new) :]
                 break
         legacy[key] = value
     assert not any(k.startswith("reco.") for k in legacy)
@@ -299,14 +325,19 @@ def test_a_checkpoint_with_the_old_key_names_loads(tmp_path, how):
 def test_simclr_teacher_gets_no_gradient_and_is_not_optimised():
     model = _simclr()
     generator = torch.Generator().manual_seed(0)
-    batch = {"strong": [torch.randn(B, 3, 16, 16, generator=generator) for _ in range(2)],
-             "weak": torch.randn(B, 3, 16, 16, generator=generator), "label": torch.randint(10, (B,))}
+    batch = {
+        "strong": [torch.randn(B, 3, 16, 16, generator=generator) for _ in range(2)],
+        "weak": torch.randn(B, 3, 16, 16, generator=generator),
+        "label": torch.randint(10, (B,)),
+    }
     for queue in (model.reco.bank, model.reco.negatives):
         queue.enqueue(F.normalize(torch.randn(queue.size, 16), dim=1))
     calls = []
     model.reco.register_forward_hook(lambda module, args, output: calls.append(output))
     model.training_step(batch, 0).backward()
-    assert len(calls) == 1 and calls[0].global_ is not None and calls[0].local is not None  # ReCo did run
+    assert (
+        len(calls) == 1 and calls[0].global_ is not None and calls[0].local is not None
+    )  # ReCo did run
     teacher_params = list(model.reco.teacher.parameters())
     assert teacher_params and all(p.grad is None and not p.requires_grad for p in teacher_params)
     assert any(p.grad is not None for p in model.backbone.parameters())
@@ -330,18 +361,32 @@ def test_auto_uses_the_methods_target_where_it_has_one(cls, kind):
     sizes = dict(proj_hidden_dim=32, proj_output_dim=16)
     if cls is BYOL:
         sizes["pred_hidden_dim"] = 32
-    model = cls(num_classes=10, backbone_width=8, small_stem=True, reco={"bank_size": 64, "negatives_size": 64},
-                **sizes)
+    model = cls(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        reco={"bank_size": 64, "negatives_size": 64},
+        **sizes,
+    )
     assert model.reco.teacher_kind == kind
     assert (model.reco.teacher is not None) is (kind == "ema")
 
 
 def test_auto_target_embedding_is_used_when_the_module_has_one(monkeypatch):
-    model = MoCo(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16,
-                 queue_size=64, reco={"bank_size": 64})
+    model = MoCo(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        queue_size=64,
+        reco={"bank_size": 64},
+    )
     calls = []
     original = MoCo.target_embedding
-    monkeypatch.setattr(MoCo, "target_embedding", lambda self, x: calls.append(x) or original(self, x))
+    monkeypatch.setattr(
+        MoCo, "target_embedding", lambda self, x: calls.append(x) or original(self, x)
+    )
     v1, v2, w = (torch.randn(B, 3, 16, 16) for _ in range(3))
     model.reco(model, v1, v2, w, negatives=_keys(B, 3, dim=16))
     assert len(calls) == 2 and calls[0] is v2 and calls[1] is w  # v2 and the weak view
@@ -350,11 +395,20 @@ def test_auto_target_embedding_is_used_when_the_module_has_one(monkeypatch):
 
 @pytest.mark.parametrize("choice, kind", [("ema", "ema"), ("online", "online")])
 def test_teacher_setting_overrides_auto(choice, kind, monkeypatch):
-    model = MoCo(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16,
-                 queue_size=64, reco={"bank_size": 64, "teacher": choice})
+    model = MoCo(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        queue_size=64,
+        reco={"bank_size": 64, "teacher": choice},
+    )
     assert model.reco.teacher_kind == kind
     assert (model.reco.teacher is not None) is (kind == "ema")
-    monkeypatch.setattr(MoCo, "target_embedding", lambda self, x: pytest.fail("the target was used"))
+    monkeypatch.setattr(
+        MoCo, "target_embedding", lambda self, x: pytest.fail("the target was used")
+    )
     model.eval()
     model.reco.teacher_embedding(model, torch.randn(2, 3, 16, 16))
 
@@ -366,18 +420,34 @@ def _method(cls, reco: dict):
         sizes["pred_hidden_dim"] = 32
     if cls is MoCo:
         sizes["queue_size"] = 64
-    return cls(num_classes=10, backbone_width=8, small_stem=True, reco={"bank_size": 64, "negatives_size": 64, **reco},
-               **sizes)
+    return cls(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        reco={"bank_size": 64, "negatives_size": 64, **reco},
+        **sizes,
+    )
 
 
-@pytest.mark.parametrize("cls, setting, used", [
-    (BYOL, "auto", "mixup"), (MoCo, "auto", "mixup"), (SimCLR, "auto", "cutmix"),
-    (BYOL, "cutmix", "cutmix"), (MoCo, "cutmix", "cutmix"), (SimCLR, "mixup", "mixup"),
-])
+@pytest.mark.parametrize(
+    "cls, setting, used",
+    [
+        (BYOL, "auto", "mixup"),
+        (MoCo, "auto", "mixup"),
+        (SimCLR, "auto", "cutmix"),
+        (BYOL, "cutmix", "cutmix"),
+        (MoCo, "cutmix", "cutmix"),
+        (SimCLR, "mixup", "mixup"),
+    ],
+)
 def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, used, monkeypatch):
     model = _method(cls, {"mix": setting, "warmup_epochs": 0})
     modes = []
-    monkeypatch.setattr(reco_module, "mix_views", lambda a, b, mode, alpha: modes.append(mode) or mix_views(a, b, mode, alpha))
+    monkeypatch.setattr(
+        reco_module,
+        "mix_views",
+        lambda a, b, mode, alpha: modes.append(mode) or mix_views(a, b, mode, alpha),
+    )
     v1, v2, w = (torch.randn(B, 3, 16, 16) for _ in range(3))
     negatives = _keys(B, 3, dim=16) if cls is MoCo else None
     for _ in range(2):  # the first call only fills the banks
@@ -386,7 +456,10 @@ def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting,
 
 
 def test_an_unknown_mix_is_named():
-    with pytest.raises(ConfigError, match=r"reco.mix='blend' is unknown: choose one of \['auto', 'cutmix', 'mixup'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reco.mix='blend' is unknown: choose one of \['auto', 'cutmix', 'mixup'\]",
+    ):
         ReCoConfig(mix="blend")
     with pytest.raises(ConfigError, match="the owner's mixing"):
         ReCo({"bank_size": 16}, embedding_dim=8, owner=nn.Linear(2, 2), mix="blend")
@@ -445,10 +518,15 @@ def test_half_filled_queues_score_only_their_written_rows():
     assert terms.weighted.item() == pytest.approx((terms.global_ + terms.local).item(), rel=1e-6)
     assert terms.global_.item() != pytest.approx(whole_bank.item(), rel=1e-3)  # the test can tell
     # this step's keys went in after scoring, in the same call
-    assert int(model.reco.bank.num_enqueued) == 8 + B and int(model.reco.negatives.num_enqueued) == 8 + B
+    assert (
+        int(model.reco.bank.num_enqueued) == 8 + B
+        and int(model.reco.negatives.num_enqueued) == 8 + B
+    )
     with torch.no_grad():
-        assert torch.allclose(model.reco.bank.features[8:8 + B], weak, atol=1e-6)
-        assert torch.allclose(model.reco.negatives.features[8:8 + B], model.target_embedding(v2), atol=1e-6)
+        assert torch.allclose(model.reco.bank.features[8 : 8 + B], weak, atol=1e-6)
+        assert torch.allclose(
+            model.reco.negatives.features[8 : 8 + B], model.target_embedding(v2), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("short", ["bank", "negatives"])
@@ -547,18 +625,31 @@ def test_a_lent_queue_counts_only_its_written_rows():
 
 def test_moco_lends_the_written_rows_of_its_queue_from_before_the_step():
     torch.manual_seed(0)
-    model = MoCo(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16,
-                 queue_size=64, reco={"bank_size": 64})
+    model = MoCo(
+        num_classes=10,
+        backbone_width=8,
+        small_stem=True,
+        proj_hidden_dim=32,
+        proj_output_dim=16,
+        queue_size=64,
+        reco={"bank_size": 64},
+    )
     assert model.reco.negatives is None and model.reco.borrows_negatives
     model.queue.enqueue(_keys(6, 3, dim=16))
     lent = []
-    model.reco.register_forward_pre_hook(lambda module, args, kwargs: lent.append(kwargs["negatives"]),
-                                         with_kwargs=True)
+    model.reco.register_forward_pre_hook(
+        lambda module, args, kwargs: lent.append(kwargs["negatives"]), with_kwargs=True
+    )
     generator = torch.Generator().manual_seed(0)
-    batch = {"strong": [torch.randn(B, 3, 16, 16, generator=generator) for _ in range(2)],
-             "weak": torch.randn(B, 3, 16, 16, generator=generator), "label": torch.randint(10, (B,))}
+    batch = {
+        "strong": [torch.randn(B, 3, 16, 16, generator=generator) for _ in range(2)],
+        "weak": torch.randn(B, 3, 16, 16, generator=generator),
+        "label": torch.randint(10, (B,)),
+    }
     model.training_step(batch, 0)
-    assert len(lent) == 1 and torch.equal(lent[0], _keys(6, 3, dim=16))  # not the 58 random rows, not this step's keys
+    assert len(lent) == 1 and torch.equal(
+        lent[0], _keys(6, 3, dim=16)
+    )  # not the 58 random rows, not this step's keys
     assert int(model.queue.num_enqueued) == 6 + B
 
 
@@ -578,8 +669,14 @@ def test_warmup_weights_follow_the_schedule():
 
 def test_training_progress_counts_optimizer_steps_per_epoch():
     """20 micro-batches an epoch, accumulate 2: 10 optimizer steps an epoch."""
-    trainer = SimpleNamespace(estimated_stepping_batches=100, num_training_batches=20, accumulate_grad_batches=2,
-                              global_step=3, world_size=2, max_epochs=10)
+    trainer = SimpleNamespace(
+        estimated_stepping_batches=100,
+        num_training_batches=20,
+        accumulate_grad_batches=2,
+        global_step=3,
+        world_size=2,
+        max_epochs=10,
+    )
     assert training_progress(SimpleNamespace(_trainer=trainer)) == TrainingProgress(3, 100, 10, 2)
     unknown = SimpleNamespace(**{**vars(trainer), "num_training_batches": math.inf})
     assert training_progress(SimpleNamespace(_trainer=unknown)) == TrainingProgress(3, 100, 10, 2)
@@ -597,11 +694,17 @@ def test_warmup_weight_zero_adds_nothing(monkeypatch):
     assert not terms.global_skipped and not terms.local_skipped  # not skipped: not due
     assert int(model.reco.bank.num_enqueued) == 16 + B  # the bank still fills during the warm-up
     # through the mixin, which reads the step from the Trainer
-    monkeypatch.setattr(mixin_module, "training_progress", lambda module: TrainingProgress(0, 100, 10))
+    monkeypatch.setattr(
+        mixin_module, "training_progress", lambda module: TrainingProgress(0, 100, 10)
+    )
     loss = model.reco_loss(_batch(1))
     assert loss.item() == 0.0
-    monkeypatch.setattr(mixin_module, "training_progress", lambda module: TrainingProgress(5, 100, 10))
+    monkeypatch.setattr(
+        mixin_module, "training_progress", lambda module: TrainingProgress(5, 100, 10)
+    )
     assert model.reco_loss(_batch(1)).item() > 0
     terms = model.reco(model, *_batch(), progress=TrainingProgress(5, 100, 10))
     assert (terms.w_global, terms.w_local) == (0.5, 0.5)
-    assert terms.weighted.item() == pytest.approx(0.5 * (terms.global_ + terms.local).item(), rel=1e-6)
+    assert terms.weighted.item() == pytest.approx(
+        0.5 * (terms.global_ + terms.local).item(), rel=1e-6
+    )

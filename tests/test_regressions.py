@@ -18,7 +18,9 @@ from reco_lightning.reco.mixing import cutmix_box, mix_views
 from reco_lightning.train import train
 
 RECO = {"bank_size": 64, "negatives_size": 64}
-TINY = dict(num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16)
+TINY = dict(
+    num_classes=10, backbone_width=8, small_stem=True, proj_hidden_dim=32, proj_output_dim=16
+)
 
 
 @pytest.fixture(autouse=True)
@@ -49,14 +51,19 @@ def test_cutmix_lambda_is_the_share_of_first_on_non_square_images(monkeypatch, h
     unclipped = 0
     for seed in range(50):
         torch.manual_seed(seed)
-        mixed = mix_views(torch.zeros(2, 3, height, width), torch.ones(2, 3, height, width), "cutmix")
+        mixed = mix_views(
+            torch.zeros(2, 3, height, width), torch.ones(2, 3, height, width), "cutmix"
+        )
         top, bottom, left, right = mixed.box
         assert 0 <= top <= bottom <= height and 0 <= left <= right <= width
         assert (mixed.images == 0).float().mean().item() == pytest.approx(mixed.lam)
         if 0 < top and bottom < height and 0 < left and right < width:  # unclipped: the drawn area
             unclipped += 1
             # each side is about sqrt(.4) of its own length, rounded down to an even count
-            assert abs((bottom - top) - 0.632 * height) <= 2 and abs((right - left) - 0.632 * width) <= 2
+            assert (
+                abs((bottom - top) - 0.632 * height) <= 2
+                and abs((right - left) - 0.632 * width) <= 2
+            )
     assert unclipped > 0
 
 
@@ -77,7 +84,9 @@ def test_byols_local_term_trains_the_predictor():
     model = BYOL(pred_hidden_dim=32, reco={**RECO, "w_global": 0.0}, **TINY)
     _fill(model)
     v1, v2, weak = (torch.randn(4, 3, 16, 16) for _ in range(3))
-    terms = model.reco(model, v1, v2, weak, q1=model.online_embedding(v1), k2=model.target_embedding(v2))
+    terms = model.reco(
+        model, v1, v2, weak, q1=model.online_embedding(v1), k2=model.target_embedding(v2)
+    )
     assert terms.local is not None and terms.global_ is None
     terms.local.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
@@ -96,12 +105,16 @@ def test_simclr_reco_takes_k2_from_its_own_teacher_at_every_step(step):
             parameter.add_(0.5 * torch.randn_like(parameter))
     enqueued = []
     original = model.reco.negatives.enqueue
-    model.reco.negatives.enqueue = lambda keys, gather=True: enqueued.append(keys.clone()) or original(keys, gather)
+    model.reco.negatives.enqueue = lambda keys, gather=True: (
+        enqueued.append(keys.clone()) or original(keys, gather)
+    )
     v1, v2, weak = (torch.randn(4, 3, 16, 16) for _ in range(3))
     online_z2 = model.online_embedding(v2).detach()
     progress = TrainingProgress(step=step, total_steps=20, steps_per_epoch=10)
     model.reco(model, v1, v2, weak, q1=model.online_embedding(v1), k2=online_z2, progress=progress)
-    teacher_k2 = F.normalize(model.reco.teacher.embed(model, v2), dim=1)  # the teacher as the call left it
+    teacher_k2 = F.normalize(
+        model.reco.teacher.embed(model, v2), dim=1
+    )  # the teacher as the call left it
     assert torch.allclose(enqueued[-1], teacher_k2, atol=1e-5)
     assert not torch.allclose(enqueued[-1], online_z2, atol=1e-2)
 
@@ -110,15 +123,25 @@ def test_simclr_reco_takes_k2_from_its_own_teacher_at_every_step(step):
 def test_the_warmup_scales_recos_terms_and_never_the_method_loss(compose_config, tiny, tmp_path):
     """Through the Trainer (the warm-up needs one): at step s of a 3-step warm-up the loss is
     ``loss_method + (s / 3) * (loss_global + loss_local)``; at step 0 it is the method's alone."""
-    cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "trainer.log_every_n_steps=1")
+    cfg = compose_config(
+        "+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "trainer.log_every_n_steps=1"
+    )
     train(cfg, tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
     assert len(rows) == 3
     for row in rows:
         step = int(row["step"])
-        terms = sum(float(row[key]) for key in ("train/loss_global_step", "train/loss_local_step") if row.get(key))
+        terms = sum(
+            float(row[key])
+            for key in ("train/loss_global_step", "train/loss_local_step")
+            if row.get(key)
+        )
         expected = float(row["train/loss_method_step"]) + step / 3 * terms
         assert float(row["train/loss_step"]) == pytest.approx(expected, rel=1e-4), f"step {step}"
-    assert float(rows[0]["train/loss_step"]) == pytest.approx(float(rows[0]["train/loss_method_step"]), rel=1e-5)
-    assert any(row.get("train/loss_local_step") for row in rows[1:])  # the terms were scored after step 0
+    assert float(rows[0]["train/loss_step"]) == pytest.approx(
+        float(rows[0]["train/loss_method_step"]), rel=1e-5
+    )
+    assert any(
+        row.get("train/loss_local_step") for row in rows[1:]
+    )  # the terms were scored after step 0

@@ -39,26 +39,45 @@ class SignalAfterStep(L.Callback):
 
 def queues(checkpoint: Path) -> dict[str, torch.Tensor]:
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    return {name: value for name, value in state.items() if name.endswith(("features", "pointer", "num_enqueued"))}
+    return {
+        name: value
+        for name, value in state.items()
+        if name.endswith(("features", "pointer", "num_enqueued"))
+    }
 
 
 @pytest.mark.parametrize(
     ("signum", "augment_on", "method"),
-    [(signal.SIGTERM, "cpu", "moco"), (signal.SIGTERM, "device", "moco"), (signal.SIGINT, "cpu", "moco"),
-     (signal.SIGTERM, "cpu", "simclr")],
+    [
+        (signal.SIGTERM, "cpu", "moco"),
+        (signal.SIGTERM, "device", "moco"),
+        (signal.SIGINT, "cpu", "moco"),
+        (signal.SIGTERM, "cpu", "simclr"),
+    ],
 )
-def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_config, tiny, tmp_path, signum,
-                                                                     augment_on, method):
+def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    compose_config, tiny, tmp_path, signum, augment_on, method
+):
     """MoCo: its queue lent to ReCo; SimCLR: ReCo's own negatives and EMA teacher."""
-    overrides = [f"+method={method}", "+reco=on", *tiny, *TWO_EPOCHS, f"dataset.augment_on={augment_on}"]
+    overrides = [
+        f"+method={method}",
+        "+reco=on",
+        *tiny,
+        *TWO_EPOCHS,
+        f"dataset.augment_on={augment_on}",
+    ]
     straight = train(compose_config(*overrides), tmp_path / "straight")
 
     interrupted = tmp_path / "interrupted"
     with pytest.raises(SystemExit) as stop:
         train(compose_config(*overrides), interrupted, callbacks=[SignalAfterStep(5, signum)])
     assert stop.value.code == 128 + signum
-    saved = torch.load(interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 5 and saved["epoch"] == 1  # mid-epoch, after the step in progress
+    saved = torch.load(
+        interrupted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert (
+        saved["global_step"] == 5 and saved["epoch"] == 1
+    )  # mid-epoch, after the step in progress
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -69,15 +88,23 @@ def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_confi
     assert resumed["knn_acc_random_init"] == straight["knn_acc_random_init"]
     expected = queues(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     got = queues(interrupted / "checkpoints" / "last.ckpt")
-    assert expected.keys() == got.keys() and len(expected) == 6  # MoCo's queue or ReCo's negatives, and the bank
+    assert (
+        expected.keys() == got.keys() and len(expected) == 6
+    )  # MoCo's queue or ReCo's negatives, and the bank
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-5, msg=name)
     if method == "simclr":  # ReCo's own teacher moved exactly as in the straight run
-        teacher = {k: v for k, v in weights(tmp_path / "straight").items() if k.startswith("reco.teacher.")}
-        resumed_teacher = {k: v for k, v in weights(interrupted).items() if k.startswith("reco.teacher.")}
+        teacher = {
+            k: v for k, v in weights(tmp_path / "straight").items() if k.startswith("reco.teacher.")
+        }
+        resumed_teacher = {
+            k: v for k, v in weights(interrupted).items() if k.startswith("reco.teacher.")
+        }
         assert teacher and teacher.keys() == resumed_teacher.keys()
         for name in teacher:
-            torch.testing.assert_close(resumed_teacher[name], teacher[name], rtol=0, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                resumed_teacher[name], teacher[name], rtol=0, atol=1e-5, msg=name
+            )
     # metrics.csv holds the whole history once: the random-init point and every epoch
     assert logged_entries(interrupted) == logged_entries(tmp_path / "straight")
     knn_epochs = [row["epoch"] for row in csv_rows(interrupted) if row.get("val/knn_acc")]
@@ -85,7 +112,9 @@ def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(compose_confi
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
 
 
 def csv_rows(run: Path) -> list[dict[str, str]]:
@@ -95,17 +124,27 @@ def csv_rows(run: Path) -> list[dict[str, str]]:
 
 def logged_entries(run: Path) -> list[tuple[str, str, str]]:
     """(epoch, step, metric) of every value in metrics.csv, in order: what was logged where."""
-    return [(row["epoch"], row["step"], key) for row in csv_rows(run) for key, value in row.items()
-            if value and key not in ("epoch", "step")]
+    return [
+        (row["epoch"], row["step"], key)
+        for row in csv_rows(run)
+        for key, value in row.items()
+        if value and key not in ("epoch", "step")
+    ]
 
 
 def test_resume_from_an_explicit_path_and_bad_paths(compose_config, tiny, tmp_path):
     first = train(compose_config("+method=simclr", *tiny), tmp_path / "a")
     assert first["steps"] == 3
-    more = train(compose_config("+method=simclr", *tiny, "trainer.max_epochs=2", f"resume={tmp_path / 'a'}"), tmp_path / "b")
+    more = train(
+        compose_config("+method=simclr", *tiny, "trainer.max_epochs=2", f"resume={tmp_path / 'a'}"),
+        tmp_path / "b",
+    )
     assert more["steps"] == 6  # continued from step 3, not from scratch
     with pytest.raises(ConfigError, match="resume=.*no checkpoint"):
-        train(compose_config("+method=simclr", *tiny, f"resume={tmp_path / 'nowhere.ckpt'}"), tmp_path / "c")
+        train(
+            compose_config("+method=simclr", *tiny, f"resume={tmp_path / 'nowhere.ckpt'}"),
+            tmp_path / "c",
+        )
 
 
 def test_resume_auto_without_a_checkpoint_starts_afresh(compose_config, tiny, tmp_path):
@@ -127,10 +166,16 @@ class PoisonWeightsAtStep(L.Callback):
                 next(pl_module.backbone.parameters()).fill_(float("nan"))
 
 
-def test_non_finite_loss_names_step_and_term_and_keeps_the_checkpoint(compose_config, tiny, tmp_path):
+def test_non_finite_loss_names_step_and_term_and_keeps_the_checkpoint(
+    compose_config, tiny, tmp_path
+):
     poison = PoisonWeightsAtStep(5)
     with pytest.raises(NonFiniteLossError, match=r"global step 5 .*train/loss_method = nan"):
-        train(compose_config("+method=moco", "+reco=on", *tiny, *TWO_EPOCHS), tmp_path, callbacks=[poison])
+        train(
+            compose_config("+method=moco", "+reco=on", *tiny, *TWO_EPOCHS),
+            tmp_path,
+            callbacks=[poison],
+        )
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert poison.hash_before == hashlib.sha256(last.read_bytes()).hexdigest()
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
@@ -142,9 +187,15 @@ def test_bf16_mixed_on_cpu_with_reco(compose_config, tiny, tmp_path, method):
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 3
     assert math.isfinite(summary["knn_acc"])
-    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(
+        tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )["state_dict"]
     assert state["reco.bank.num_enqueued"] == 3 * 32
-    assert all(torch.isfinite(v).all() for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all()
+        for v in state.values()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    )
 
 
 class BarAtFirstBatch(L.Callback):
@@ -160,12 +211,20 @@ class BarAtFirstBatch(L.Callback):
             self.description, self.total = bar.desc, bar.total
 
 
-def test_first_epoch_after_a_mid_epoch_resume_shows_its_number_and_counts_its_time(compose_config, tiny, tmp_path):
+def test_first_epoch_after_a_mid_epoch_resume_shows_its_number_and_counts_its_time(
+    compose_config, tiny, tmp_path
+):
     overrides = ["+method=simclr", *tiny, *TWO_EPOCHS]
     with pytest.raises(SystemExit):
         train(compose_config(*overrides), tmp_path, callbacks=[SignalAfterStep(5, signal.SIGTERM)])
     seen = BarAtFirstBatch()
-    train(compose_config(*overrides, "resume=auto", "trainer.enable_progress_bar=true"), tmp_path, callbacks=[seen])
-    assert seen.description.startswith("Epoch 1") and seen.total == 4  # not "Training", total unknown
+    train(
+        compose_config(*overrides, "resume=auto", "trainer.enable_progress_bar=true"),
+        tmp_path,
+        callbacks=[seen],
+    )
+    assert (
+        seen.description.startswith("Epoch 1") and seen.total == 4
+    )  # not "Training", total unknown
     seconds = [float(row["time/train_s"]) for row in csv_rows(tmp_path) if row.get("time/train_s")]
     assert len(seconds) == 2 and seconds[1] > seconds[0]  # the resumed epoch's steps are timed too

@@ -21,13 +21,21 @@ pytestmark = pytest.mark.slow
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` and the hash of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reco_lightning", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "reco_lightning", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,9 @@ def test_a_new_run_refuses_a_directory_that_holds_a_run(compose_config, tiny, fi
     assert snapshot(finished_run) == before
 
 
-def test_resume_of_a_run_directory_continues_there_with_its_config(compose_config, tiny, finished_run, tmp_path):
+def test_resume_of_a_run_directory_continues_there_with_its_config(
+    compose_config, tiny, finished_run, tmp_path
+):
     import shutil
 
     run = tmp_path / "run"
@@ -67,22 +77,34 @@ def test_resume_of_a_run_directory_continues_there_with_its_config(compose_confi
 
 @pytest.mark.parametrize(
     "override, named",
-    [("+method=simclr", "method.name"), ("+reco=off", "reco.enabled"), ("dataset=cifar10", "dataset.name")],
+    [
+        ("+method=simclr", "method.name"),
+        ("+reco=off", "reco.enabled"),
+        ("dataset=cifar10", "dataset.name"),
+    ],
 )
-def test_resume_refuses_an_override_that_contradicts_the_run(compose_config, tiny, finished_run, override, named):
+def test_resume_refuses_an_override_that_contradicts_the_run(
+    compose_config, tiny, finished_run, override, named
+):
     before = snapshot(finished_run)
     overrides = [override, f"resume={finished_run}"]
-    with pytest.raises(ConfigError, match=rf"the run in .* has {named}=.*the command line gives {named}="):
+    with pytest.raises(
+        ConfigError, match=rf"the run in .* has {named}=.*the command line gives {named}="
+    ):
         train(compose_config(*overrides), finished_run.parent / "other", overrides=overrides)
     assert snapshot(finished_run) == before
 
 
 def test_resume_from_python_with_another_method_is_refused(compose_config, tiny, finished_run):
-    with pytest.raises(ConfigError, match=r"has method.name=moco, the command line gives method.name=simclr"):
+    with pytest.raises(
+        ConfigError, match=r"has method.name=moco, the command line gives method.name=simclr"
+    ):
         train(compose_config("+method=simclr", *tiny, f"resume={finished_run}"), finished_run)
 
 
-def test_truncated_checkpoint_given_to_resume_is_one_line(compose_config, tiny, finished_run, tmp_path):
+def test_truncated_checkpoint_given_to_resume_is_one_line(
+    compose_config, tiny, finished_run, tmp_path
+):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes((finished_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     with pytest.raises(ConfigError, match="broken.ckpt"):
@@ -116,7 +138,9 @@ def test_non_finite_loss_before_any_checkpoint_promises_none(compose_config, tin
 
 
 # ----------------------------------------------------------------------------- the CLI
-def test_cli_refuses_a_run_directory_that_holds_a_run_and_changes_nothing(tiny, finished_run, tmp_path):
+def test_cli_refuses_a_run_directory_that_holds_a_run_and_changes_nothing(
+    tiny, finished_run, tmp_path
+):
     import shutil
 
     run = tmp_path / "run"

@@ -16,11 +16,15 @@ timm = pytest.importorskip("timm", reason='timm is not installed (pip install -e
 def test_a_timm_model_gives_the_features_its_dimension_says():
     net, dim = build_backbone("timm/mobilenetv3_small_050")
     out = net(torch.randn(2, 3, 16, 16))
-    assert out.shape == (2, dim) and dim == 1024  # the pre-logits conv head, wider than num_features
+    assert (
+        out.shape == (2, dim) and dim == 1024
+    )  # the pre-logits conv head, wider than num_features
 
 
 def test_an_unknown_timm_model_gets_a_suggestion():
-    with pytest.raises(ConfigError, match=r"timm has no model 'resnet181'.*did you mean timm/resnet18") as info:
+    with pytest.raises(
+        ConfigError, match=r"timm has no model 'resnet181'.*did you mean timm/resnet18"
+    ) as info:
         build_backbone("timm/resnet181")
     assert "\n" not in str(info.value)
 

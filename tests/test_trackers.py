@@ -25,12 +25,19 @@ def test_several_trackers_compose_into_one_group(compose_config):
     assert cfg.logger.tensorboard._target_.endswith("TensorBoardLogger")
 
 
-@pytest.mark.parametrize("name, extra", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow")])
-def test_a_tracker_that_is_not_installed_names_its_extra(compose_config, tmp_path, monkeypatch, name, extra):
+@pytest.mark.parametrize(
+    "name, extra", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("mlflow", "mlflow")]
+)
+def test_a_tracker_that_is_not_installed_names_its_extra(
+    compose_config, tmp_path, monkeypatch, name, extra
+):
     real = importlib.util.find_spec
     hidden = set(trackers_module.TRACKERS[name][0])
-    monkeypatch.setattr(trackers_module.importlib.util, "find_spec",
-                        lambda module, *args: None if module in hidden else real(module, *args))
+    monkeypatch.setattr(
+        trackers_module.importlib.util,
+        "find_spec",
+        lambda module, *args: None if module in hidden else real(module, *args),
+    )
     cfg = compose_config("+method=moco", f"logger=[csv,{name}]")
     with pytest.raises(ConfigError, match=rf'pip install "reco_lightning\[{extra}\]"') as info:
         build_trackers(cfg.logger, tmp_path)
@@ -47,7 +54,9 @@ def test_every_tracker_receives_metrics_config_and_summary(compose_config, tiny,
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     pytest.importorskip("wandb")
-    cfg = compose_config("+method=simclr", "+reco=on", *tiny, "logger=[csv,tensorboard,wandb,mlflow]")
+    cfg = compose_config(
+        "+method=simclr", "+reco=on", *tiny, "logger=[csv,tensorboard,wandb,mlflow]"
+    )
     summary = train(cfg, tmp_path)
 
     # TensorBoard: event files holding the training loss and the summary

@@ -29,7 +29,9 @@ def logged_values(rows: list[dict[str, str]], key: str) -> list[float]:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, method, reco):
     no_warmup = ["reco.warmup_epochs=0"] if reco == "on" else []
-    cfg = compose_config(f"+method={method}", f"+reco={reco}", *tiny, "trainer.log_every_n_steps=1", *no_warmup)
+    cfg = compose_config(
+        f"+method={method}", f"+reco={reco}", *tiny, "trainer.log_every_n_steps=1", *no_warmup
+    )
     summary = train(cfg, tmp_path)
 
     assert summary["steps"] == 3
@@ -48,16 +50,30 @@ def test_a_few_steps_train_log_and_checkpoint(compose_config, tiny, tmp_path, me
         assert logged_values(rows, "train/reco_w_global") == [1.0]
         assert all(math.isfinite(v) for v in logged_values(rows, "train/loss_local_step"))
     if reco == "off":
-        assert not logged_values(rows, "train/loss_global_step") if "train/loss_global_step" in rows[0] else True
-    for diagnostic in ("val/purity_at_10", "val/purity_at_50", "val/cos_gap", "val/alignment", "val/uniformity"):
-        assert logged_values(rows, diagnostic), diagnostic  # logged at the end of each validation epoch
+        assert (
+            not logged_values(rows, "train/loss_global_step")
+            if "train/loss_global_step" in rows[0]
+            else True
+        )
+    for diagnostic in (
+        "val/purity_at_10",
+        "val/purity_at_50",
+        "val/cos_gap",
+        "val/alignment",
+        "val/uniformity",
+    ):
+        assert logged_values(rows, diagnostic), (
+            diagnostic
+        )  # logged at the end of each validation epoch
 
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert last.is_file()
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     assert ("reco.bank.features" in state) is (reco == "on")
-    assert any(name.startswith("checkpoints/best-") or "best-" in name for name in
-               [p.name for p in (tmp_path / "checkpoints").iterdir()])
+    assert any(
+        name.startswith("checkpoints/best-") or "best-" in name
+        for name in [p.name for p in (tmp_path / "checkpoints").iterdir()]
+    )
 
 
 @pytest.mark.slow
@@ -92,7 +108,10 @@ def test_reco_bank_smaller_than_global_batch_is_refused(compose_config, tiny, tm
         ("dataset.batch_size=5000", "dataset.batch_size"),
         ("optimizer.name=adamw", "optimizer.name"),
         ("backbone.name=vgg11", "backbone.name"),
-        ("optimizer.kernel=fused", "optimizer.kernel"),  # the MoCo preset's LARS has no fused kernel
+        (
+            "optimizer.kernel=fused",
+            "optimizer.kernel",
+        ),  # the MoCo preset's LARS has no fused kernel
         ("optimizer.kernel=turbo", "optimizer.kernel"),
     ],
 )
@@ -124,8 +143,13 @@ def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_pa
     broken = root / "train" / "b" / "7.png"
     broken.write_bytes(b"this is not a png")
     cfg = compose_config(
-        "+method=simclr", "dataset=imagefolder", f"dataset.root={root}", *tiny,
-        "dataset.num_workers=1", "dataset.persistent_workers=false", "dataset.pin_memory=false",
+        "+method=simclr",
+        "dataset=imagefolder",
+        f"dataset.root={root}",
+        *tiny,
+        "dataset.num_workers=1",
+        "dataset.persistent_workers=false",
+        "dataset.pin_memory=false",
         "trainer.limit_train_batches=1.0",
     )
     with pytest.raises(ImageLoadError, match="7.png"):
@@ -139,7 +163,9 @@ def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
     cfg = compose_config("+method=moco", "+reco=on", *tiny, "backbone.channels_last=true")
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 3 and math.isfinite(summary["knn_acc"])
-    model = build_method(cfg, build_datamodule(cfg, weak_view=True), build_trainer(cfg, tmp_path / "x"), None)
+    model = build_method(
+        cfg, build_datamodule(cfg, weak_view=True), build_trainer(cfg, tmp_path / "x"), None
+    )
     conv = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     target_conv = next(m for m in model.target_backbone.modules() if isinstance(m, torch.nn.Conv2d))
@@ -149,8 +175,16 @@ def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
 def test_fast_path_settings_reach_the_module(compose_config, tiny, tmp_path):
     from reco_lightning.train import build_datamodule, build_method, build_trainer
 
-    cfg = compose_config("+method=simclr", *tiny, "optimizer.name=sgd", "optimizer.kernel=fused", "backbone.compile=true")
-    model = build_method(cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None)
+    cfg = compose_config(
+        "+method=simclr",
+        *tiny,
+        "optimizer.name=sgd",
+        "optimizer.kernel=fused",
+        "backbone.compile=true",
+    )
+    model = build_method(
+        cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None
+    )
     assert model.hparams.optimizer_kernel == "fused" and model.hparams.compile_backbone is True
     assert model.backbone._compiled_call_impl is None
     model.setup("fit")
@@ -164,23 +198,30 @@ def test_zero_init_residual_setting_reaches_the_backbone(compose_config, tiny, t
     from reco_lightning.train import build_datamodule, build_method, build_trainer
 
     cfg = compose_config("+method=byol", *tiny, f"backbone.zero_init_residual={setting}")
-    model = build_method(cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None)
+    model = build_method(
+        cfg, build_datamodule(cfg, weak_view=False), build_trainer(cfg, tmp_path / "x"), None
+    )
     scales = [m.bn2.weight for m in model.backbone.modules() if isinstance(m, BasicBlock)]
     assert scales and all(bool(torch.count_nonzero(w)) is (setting == "false") for w in scales)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol"])
-def test_method_ema_moves_once_per_optimizer_step_with_accumulation(compose_config, tiny, tmp_path, method,
-                                                                    monkeypatch):
+def test_method_ema_moves_once_per_optimizer_step_with_accumulation(
+    compose_config, tiny, tmp_path, method, monkeypatch
+):
     """4 micro-batches with accumulate_grad_batches=2: the target moves twice, not four times."""
     import reco_lightning.methods.base as base
 
     updates = []
     original = base.ema_update
     monkeypatch.setattr(base, "ema_update", lambda t, o, m: updates.append(m) or original(t, o, m))
-    cfg = compose_config(f"+method={method}", *tiny, "trainer.limit_train_batches=4",
-                         "trainer.accumulate_grad_batches=2")
+    cfg = compose_config(
+        f"+method={method}",
+        *tiny,
+        "trainer.limit_train_batches=4",
+        "trainer.accumulate_grad_batches=2",
+    )
     summary = train(cfg, tmp_path)
     assert summary["steps"] == 2
     assert len(updates) == 2 * 2  # two steps, two (online, target) pairs each
@@ -220,10 +261,16 @@ class ExpectedTargets(L.Callback):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "byol"])
-def test_method_ema_matches_a_hand_computed_ema_with_accumulation(compose_config, tiny, tmp_path, method):
+def test_method_ema_matches_a_hand_computed_ema_with_accumulation(
+    compose_config, tiny, tmp_path, method
+):
     expected = ExpectedTargets()
-    cfg = compose_config(f"+method={method}", *tiny, "trainer.limit_train_batches=4",
-                         "trainer.accumulate_grad_batches=2")
+    cfg = compose_config(
+        f"+method={method}",
+        *tiny,
+        "trainer.limit_train_batches=4",
+        "trainer.accumulate_grad_batches=2",
+    )
     assert train(cfg, tmp_path, callbacks=[expected])["steps"] == 2
     assert expected.checked == 5  # before each of the 4 micro-batches, and at the end
 
@@ -239,7 +286,9 @@ def test_training_clock_logs_growing_training_time(compose_config, tiny, tmp_pat
 @pytest.mark.slow
 def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
     """Warm-up over one epoch of 3 steps: effective weights 0, 1/3, 2/3 (epoch mean 1/3)."""
-    cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "reco.w_local=0.5")
+    cfg = compose_config(
+        "+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=1", "reco.w_local=0.5"
+    )
     train(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     assert logged_values(rows, "train/reco_w_global") == [pytest.approx(1 / 3)]
@@ -250,9 +299,17 @@ def test_reco_warmup_weights_are_logged(compose_config, tiny, tmp_path):
 def test_simsiam_with_reco_learns_on_the_digits(compose_config, tmp_path):
     """The fourth method, added as one file and one YAML, takes ReCo through the same seam
     and ends above its random initialisation on the bundled digits."""
-    cfg = compose_config("+method=simsiam", "+reco=on", "trainer.max_epochs=3", "method.proj_hidden_dim=512",
-                         "method.proj_output_dim=512", "method.pred_hidden_dim=128", "pictures=false",
-                         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")
+    cfg = compose_config(
+        "+method=simsiam",
+        "+reco=on",
+        "trainer.max_epochs=3",
+        "method.proj_hidden_dim=512",
+        "method.proj_output_dim=512",
+        "method.pred_hidden_dim=128",
+        "pictures=false",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    )
     summary = train(cfg, tmp_path)
     assert summary["method"] == "simsiam"
     assert summary["knn_acc"] > summary["knn_acc_random_init"] + 0.02, summary
@@ -261,10 +318,14 @@ def test_simsiam_with_reco_learns_on_the_digits(compose_config, tmp_path):
 def test_term_gradient_shares_are_logged_per_epoch(compose_config, tiny, tmp_path):
     """``diagnostics.term_grad_steps=2``: each epoch's row holds the three terms' gradient
     norms and shares (the shares of a step add up to 1, and so do their epoch means)."""
-    cfg = compose_config("+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=0", "diagnostics.term_grad_steps=2")
+    cfg = compose_config(
+        "+method=moco", "+reco=on", *tiny, "reco.warmup_epochs=0", "diagnostics.term_grad_steps=2"
+    )
     train(cfg, tmp_path)
     rows = read_metrics(tmp_path)
-    shares = [logged_values(rows, f"train/grad_share_{name}") for name in ("method", "global", "local")]
+    shares = [
+        logged_values(rows, f"train/grad_share_{name}") for name in ("method", "global", "local")
+    ]
     assert all(len(values) == 1 for values in shares)
     assert sum(values[0] for values in shares) == pytest.approx(1.0, abs=1e-4)
     assert logged_values(rows, "train/grad_norm_method")[0] > 0

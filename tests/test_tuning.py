@@ -9,11 +9,19 @@ import sys
 import pytest
 import yaml
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason='the Optuna sweeper is not installed (".[tune]")')
+pytest.importorskip(
+    "hydra_plugins.hydra_optuna_sweeper", reason='the Optuna sweeper is not installed (".[tune]")'
+)
 
 TINY_RUN = [
-    "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "backbone.width=8",
-    "dataset.batch_size=32", "dataset.queue_size=256", "pictures=false", "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "backbone.width=8",
+    "dataset.batch_size=32",
+    "dataset.queue_size=256",
+    "pictures=false",
+    "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
 ]
 
@@ -21,9 +29,21 @@ TINY_RUN = [
 @pytest.mark.slow
 def test_a_three_trial_optuna_sweep_ends_and_reports_the_best(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "reco_lightning", "-m", "+method=simclr", "+reco=on", "hydra/sweeper=reco_optuna",
-         "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path}", *TINY_RUN],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "reco_lightning",
+            "-m",
+            "+method=simclr",
+            "+reco=on",
+            "hydra/sweeper=reco_optuna",
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweep.dir={tmp_path}",
+            *TINY_RUN,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     trials = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
@@ -31,5 +51,7 @@ def test_a_three_trial_optuna_sweep_ends_and_reports_the_best(tmp_path):
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"reco.w_global", "reco.w_local", "reco.warmup_epochs"}
     # the best value is the best trial's final kNN accuracy, as its summary recorded it
-    accuracies = [yaml.safe_load((tmp_path / t / "summary.json").read_text())["knn_acc"] for t in trials]
+    accuracies = [
+        yaml.safe_load((tmp_path / t / "summary.json").read_text())["knn_acc"] for t in trials
+    ]
     assert results["best_value"] == pytest.approx(max(accuracies))

@@ -18,8 +18,14 @@ from typing import Any
 #: each public name and the subpackage that defines it
 _EXPORTS = {
     "SSLDataModule": ".data",
-    "BYOL": ".methods", "MoCo": ".methods", "SimCLR": ".methods", "SSLMethod": ".methods",
-    "FeatureQueue": ".reco", "ReCo": ".reco", "ReCoConfig": ".reco", "ReCoMixin": ".reco",
+    "BYOL": ".methods",
+    "MoCo": ".methods",
+    "SimCLR": ".methods",
+    "SSLMethod": ".methods",
+    "FeatureQueue": ".reco",
+    "ReCo": ".reco",
+    "ReCoConfig": ".reco",
+    "ReCoMixin": ".reco",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -48,8 +48,11 @@ class CheckpointOnSignal(Callback):
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         self.received = signum
-        print(f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
-              file=sys.stderr, flush=True)
+        print(
+            f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, after Lightning registered its own SIGTERM handler, and replacing
@@ -64,7 +67,9 @@ class CheckpointOnSignal(Callback):
             signal.signal(signum, handler)
         self._previous = {}
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self.on_train_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -81,7 +86,9 @@ class CheckpointOnSignal(Callback):
             flag = trainer.strategy.reduce(flag, reduce_op="max")
         return int(flag.item())
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Between two steps the state is whole: the previous step's queues are filled."""
         epoch_loop = trainer.fit_loop.epoch_loop
         if self._resumed_step is not None:
@@ -101,8 +108,12 @@ class CheckpointOnSignal(Callback):
             self._saving_step = None
         if trainer.is_global_zero:
             os.replace(partial, self.path)
-            print(f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
-                  "continue with resume=auto (and the same hydra.run.dir)", file=sys.stderr, flush=True)
+            print(
+                f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
+                "continue with resume=auto (and the same hydra.run.dir)",
+                file=sys.stderr,
+                flush=True,
+            )
         trainer.strategy.barrier("checkpoint-on-signal")
         raise SystemExit(128 + signum)
 
@@ -127,7 +138,9 @@ class TrainingClock(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Lightning skips on_train_epoch_start when it resumes inside an epoch
         if self._started is None:
             self._started = time.perf_counter()
@@ -161,7 +174,9 @@ class EpochProgressBar(TQDMProgressBar):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         if trainer.fit_loop.restarting and done > 0:
             bar = self.train_progress_bar
-            bar.reset(total=self.total_train_batches if self.total_train_batches != float("inf") else None)
+            bar.reset(
+                total=self.total_train_batches if self.total_train_batches != float("inf") else None
+            )
             bar.n = done
             bar.set_description(f"Epoch {trainer.current_epoch}")
             bar.refresh()

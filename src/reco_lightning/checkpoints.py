@@ -20,7 +20,14 @@ from .errors import ConfigError
 #: what ``torch.load`` raises for a truncated, corrupt or non-checkpoint file: the zip
 #: reader's RuntimeError, OSError (Errno 22 on a cut-off zip header), EOFError on an empty
 #: file, UnpicklingError/ValueError on bytes that are no pickle at all
-UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, zipfile.BadZipFile)
+UNREADABLE = (
+    RuntimeError,
+    OSError,
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    zipfile.BadZipFile,
+)
 
 #: the keys every Lightning training checkpoint of a module with saved hyperparameters has
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
@@ -34,7 +41,9 @@ def checkpoint_file(value: object, setting: str, alternatives: str) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
-        raise ConfigError(f"{setting}={value}: no checkpoint at {path}; pass a .ckpt file{alternatives}")
+        raise ConfigError(
+            f"{setting}={value}: no checkpoint at {path}; pass a .ckpt file{alternatives}"
+        )
     return path
 
 
@@ -51,15 +60,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         # loop state) besides tensors; only read checkpoints you trust.
         state = torch.load(path, map_location="cpu", weights_only=False)
     except UNREADABLE as error:
-        reason = " ".join(str(error).split()).split(". ")[0][:120]  # torch's first sentence is the gist
+        reason = " ".join(str(error).split()).split(". ")[0][
+            :120
+        ]  # torch's first sentence is the gist
         raise ConfigError(
             f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); it may "
             f"have been truncated by an interrupted copy or write: use another checkpoint{_alternatives(path)}"
         ) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        what = f"a dict without {' and '.join(repr(k) for k in missing)}" if isinstance(state, dict) else (
-            f"a {type(state).__name__}"
+        what = (
+            f"a dict without {' and '.join(repr(k) for k in missing)}"
+            if isinstance(state, dict)
+            else (f"a {type(state).__name__}")
         )
         raise ConfigError(
             f"checkpoint {path} holds {what}, not a reco_lightning training checkpoint: pass a .ckpt "

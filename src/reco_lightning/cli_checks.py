@@ -62,7 +62,11 @@ def _options(group: str) -> list[str]:
     from importlib.resources import files
 
     folder = files("reco_lightning.conf").joinpath(group)
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml") and entry.name != "base.yaml")
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml") and entry.name != "base.yaml"
+    )
 
 
 def check_keys(overrides: list[str], config_name: str = "config") -> None:
@@ -76,11 +80,20 @@ def check_keys(overrides: list[str], config_name: str = "config") -> None:
         bad_value = _BAD_VALUE.search(message)
         if bad_value is not None and error.__cause__ is not None:
             reason = str(error.__cause__).splitlines()[0]
-            raise ConfigError(f"{bad_value.group(1)}: {reason} (see the schema: --cfg job lists every key)") from None
+            raise ConfigError(
+                f"{bad_value.group(1)}: {reason} (see the schema: --cfg job lists every key)"
+            ) from None
     option = _NO_OPTION.search(message)
     if option is not None:
         group, name = option.groups()
-        plus = next((o[: len(o) - len(o.lstrip("+"))] for o in overrides if o.lstrip("+").startswith(f"{group}=")), "")
+        plus = next(
+            (
+                o[: len(o) - len(o.lstrip("+"))]
+                for o in overrides
+                if o.lstrip("+").startswith(f"{group}=")
+            ),
+            "",
+        )
         choices = ", ".join(f"{plus}{group}={choice}" for choice in _options(group))
         raise ConfigError(f"{plus}{group}={name} is unknown: choose one of {choices}")
     match = _NOT_IN_STRUCT.search(message)
@@ -109,8 +122,14 @@ def check_or_exit(program: str, argv: Sequence[str], config_name: str = "config"
         if config_name == "config":
             check_overrides(argv)
         elif not any(arg.startswith("-") for arg in argv):
-            check_keys([a for a in argv if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))],
-                       config_name)
+            check_keys(
+                [
+                    a
+                    for a in argv
+                    if "=" in a and not a.lstrip("+~").startswith(("hydra.", "hydra/"))
+                ],
+                config_name,
+            )
     except RecoLightningError as error:
         print(f"{program}: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

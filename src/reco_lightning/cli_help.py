@@ -20,8 +20,15 @@ Self-supervised training with ReCo's relation terms (a Hydra application).
 """
 
 #: the groups a user chooses from, in the order shown, and how each is chosen
-GROUPS = {"method": "+method=", "reco": "+reco=", "dataset": "dataset=", "strategy": "strategy=",
-          "logger": "logger=", "hydra/launcher": "hydra/launcher=", "hydra/sweeper": "hydra/sweeper="}
+GROUPS = {
+    "method": "+method=",
+    "reco": "+reco=",
+    "dataset": "dataset=",
+    "strategy": "strategy=",
+    "logger": "logger=",
+    "hydra/launcher": "hydra/launcher=",
+    "hydra/sweeper": "hydra/sweeper=",
+}
 
 
 def conf_dir() -> Path:
@@ -47,7 +54,10 @@ def summary(preset: Path, width: int = 88) -> str:
 
 def help_text() -> str:
     root = conf_dir()
-    lines = [USAGE, "Config groups (choose one option of each; the presets are in reco_lightning/conf):"]
+    lines = [
+        USAGE,
+        "Config groups (choose one option of each; the presets are in reco_lightning/conf):",
+    ]
     for group, flag in GROUPS.items():
         presets = sorted(p for p in (root / group).glob("*.yaml") if p.stem != "base")
         if not presets:
@@ -55,9 +65,12 @@ def help_text() -> str:
         lines.append(f"\n  {flag}")
         width = max(len(p.stem) for p in presets)
         lines += [f"    {p.stem:<{width}}  {summary(p)}".rstrip() for p in presets]
-    lines += ["", "Settings: seed, resume, pictures, backbone.*, optimizer.*, knn.*, diagnostics.*, trainer.*,",
-              "dataset.*, method.*, reco.*; `--cfg job` prints them with their values, README.md explains them.",
-              "Hydra's own options: --hydra-help."]
+    lines += [
+        "",
+        "Settings: seed, resume, pictures, backbone.*, optimizer.*, knn.*, diagnostics.*, trainer.*,",
+        "dataset.*, method.*, reco.*; `--cfg job` prints them with their values, README.md explains them.",
+        "Hydra's own options: --hydra-help.",
+    ]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .errors import ConfigError
@@ -26,7 +26,9 @@ def accepted_arguments(target: Callable[..., Any]) -> set[str]:
     functions = [cls.__init__ for cls in classes if "__init__" in vars(cls)] or [target]
     for function in functions:
         parameters = inspect.signature(function).parameters
-        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        names |= {
+            n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
         if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
             break
     names.discard("self")

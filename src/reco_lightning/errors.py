@@ -55,5 +55,9 @@ def one_line(error: BaseException) -> str:
     text = str(error)
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(error).__name__) else last
+        text = (
+            last.split(": ", 1)[1]
+            if last.split(": ", 1)[0].endswith(type(error).__name__)
+            else last
+        )
     return " ".join(text.split())

@@ -28,7 +28,12 @@ from .checkpoints import read_checkpoint
 from .errors import ConfigError, RecoLightningError, one_line
 
 #: the file extension of each format
-FORMATS: dict[str, str] = {"torchvision": ".pth", "timm": ".pth", "safetensors": ".safetensors", "torchscript": ".pt"}
+FORMATS: dict[str, str] = {
+    "torchvision": ".pth",
+    "timm": ".pth",
+    "safetensors": ".safetensors",
+    "torchscript": ".pt",
+}
 #: the file name (without extension) that export writes into a folder
 STEM = "backbone"
 
@@ -47,19 +52,29 @@ def check_format(name: Any) -> str:
         return text
     close = difflib.get_close_matches(text.lower(), list(FORMATS), n=1)
     hint = f"did you mean format={close[0]}? " if close else ""
-    raise ConfigError(f"format={name} is not a format export writes: {hint}choose one of {', '.join(FORMATS)}")
+    raise ConfigError(
+        f"format={name} is not a format export writes: {hint}choose one of {', '.join(FORMATS)}"
+    )
 
 
-def backbone_weights(state: Mapping[str, Any], checkpoint: Path | str = "the checkpoint") -> dict[str, torch.Tensor]:
+def backbone_weights(
+    state: Mapping[str, Any], checkpoint: Path | str = "the checkpoint"
+) -> dict[str, torch.Tensor]:
     """The backbone's tensors of a checkpoint's contents: its ``backbone.*`` entries, with
     the prefix stripped (the names of torchvision's ResNet).
 
     >>> backbone_weights({"state_dict": {"backbone.conv1.weight": torch.ones(1), "projector.0.weight": torch.ones(1)}})
     {'conv1.weight': tensor([1.])}
     """
-    weights = {k.removeprefix("backbone."): v for k, v in state["state_dict"].items() if k.startswith("backbone.")}
+    weights = {
+        k.removeprefix("backbone."): v
+        for k, v in state["state_dict"].items()
+        if k.startswith("backbone.")
+    }
     if not weights:
-        raise ConfigError(f"checkpoint {checkpoint} holds no backbone.* weights: it is not a reco_lightning training checkpoint")
+        raise ConfigError(
+            f"checkpoint {checkpoint} holds no backbone.* weights: it is not a reco_lightning training checkpoint"
+        )
     return weights
 
 
@@ -75,16 +90,29 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     name = str(hparams.get("backbone", "resnet18"))
     if name.startswith(TIMM_PREFIX):
         _, feature_dim = timm_backbone(name.removeprefix(TIMM_PREFIX))
-        return {"architecture": name, "stem": "timm", "width": None, "feature_dim": feature_dim,
-                "plain_torchvision": False, "timm": True}
+        return {
+            "architecture": name,
+            "stem": "timm",
+            "width": None,
+            "feature_dim": feature_dim,
+            "plain_torchvision": False,
+            "timm": True,
+        }
     if name not in RESNET_LAYOUTS:
-        raise ConfigError(f"backbone {name!r} of this checkpoint is not one export knows: {sorted(RESNET_LAYOUTS)}")
+        raise ConfigError(
+            f"backbone {name!r} of this checkpoint is not one export knows: {sorted(RESNET_LAYOUTS)}"
+        )
     width = int(hparams.get("backbone_width", 64))
     small = bool(hparams.get("small_stem", False))
     block, _ = RESNET_LAYOUTS[name]
     feature_dim = width * 8 * block.expansion  # type: ignore[attr-defined]
-    return {"architecture": name, "stem": _SMALL_STEM if small else _TORCHVISION_STEM, "width": width,
-            "feature_dim": feature_dim, "plain_torchvision": width == 64}
+    return {
+        "architecture": name,
+        "stem": _SMALL_STEM if small else _TORCHVISION_STEM,
+        "width": width,
+        "feature_dim": feature_dim,
+        "plain_torchvision": width == 64,
+    }
 
 
 def build_line(arch: Mapping[str, Any]) -> str:
@@ -98,8 +126,10 @@ def build_line(arch: Mapping[str, Any]) -> str:
     if arch.get("timm"):
         return f'import timm, torch; m = timm.create_model("{name.removeprefix("timm/")}", num_classes=0)'
     if not arch["plain_torchvision"]:
-        return (f"import torch; from reco_lightning.models import build_backbone; "
-                f'm, _ = build_backbone("{name}", {width}, small_stem={small})')
+        return (
+            f"import torch; from reco_lightning.models import build_backbone; "
+            f'm, _ = build_backbone("{name}", {width}, small_stem={small})'
+        )
     line = f"import torch, torchvision; m = torchvision.models.{name}()"
     if small:
         line += "; m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity()"
@@ -127,12 +157,16 @@ def torchvision_note(arch: Mapping[str, Any]) -> str:
     if arch["plain_torchvision"] and arch["stem"] == _TORCHVISION_STEM:
         return f"torchvision.models.{name}() with fc = torch.nn.Identity() (the weights load with strict=True)"
     if arch["plain_torchvision"]:
-        return (f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, 1, "
-                "bias=False), maxpool = Identity, fc = Identity (the weights then load with strict=True)")
-    return (f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; torchvision's "
-            f"ResNets are 64-512, and width_per_group is not this width): load into "
-            f"reco_lightning.models.build_backbone({name!r}, {width}, small_stem={small}), "
-            "or export with format=torchscript for users without reco_lightning")
+        return (
+            f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, 1, "
+            "bias=False), maxpool = Identity, fc = Identity (the weights then load with strict=True)"
+        )
+    return (
+        f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; torchvision's "
+        f"ResNets are 64-512, and width_per_group is not this width): load into "
+        f"reco_lightning.models.build_backbone({name!r}, {width}, small_stem={small}), "
+        "or export with format=torchscript for users without reco_lightning"
+    )
 
 
 def normalisation(dataset: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -149,15 +183,22 @@ def normalisation(dataset: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
     name = str(dataset["name"]).strip().lower()
     fixed = {
-        "cifar10": (d.CIFAR10_MEAN, d.CIFAR10_STD), "cifar100": (d.CIFAR100_MEAN, d.CIFAR100_STD),
-        "stl10": (d.STL10_MEAN, d.STL10_STD), "imagefolder": (d.IMAGENET_MEAN, d.IMAGENET_STD),
+        "cifar10": (d.CIFAR10_MEAN, d.CIFAR10_STD),
+        "cifar100": (d.CIFAR100_MEAN, d.CIFAR100_STD),
+        "stl10": (d.STL10_MEAN, d.STL10_STD),
+        "imagefolder": (d.IMAGENET_MEAN, d.IMAGENET_STD),
     }
     if name in fixed:
         mean, std = fixed[name]
     elif name == "digits":
-        splits = d.build_datasets("digits", None, dataset.get("image_size"), False,
-                                  val_fraction=float(dataset.get("val_fraction", 0.2)),
-                                  seed=int(dataset.get("seed", 0)))
+        splits = d.build_datasets(
+            "digits",
+            None,
+            dataset.get("image_size"),
+            False,
+            val_fraction=float(dataset.get("val_fraction", 0.2)),
+            seed=int(dataset.get("seed", 0)),
+        )
         mean, std = splits.mean, splits.std
     else:
         return None
@@ -179,7 +220,9 @@ def run_dataset(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any] | Non
     return dict(saved) if isinstance(saved, Mapping) else None
 
 
-def knn_record(run_dir: Path, checkpoint: Path, state: Mapping[str, Any]) -> tuple[float | None, str | None]:
+def knn_record(
+    run_dir: Path, checkpoint: Path, state: Mapping[str, Any]
+) -> tuple[float | None, str | None]:
     """The kNN accuracy of these very weights, and where it came from.
 
     The run's ``summary.json`` when it describes this checkpoint (the same global step);
@@ -195,7 +238,11 @@ def knn_record(run_dir: Path, checkpoint: Path, state: Mapping[str, Any]) -> tup
         if record.get("steps") == state.get("global_step") and record.get("knn_acc") is not None:
             return float(record["knn_acc"]), "summary.json"
     for key, value in (state.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and isinstance(value, Mapping) and value.get("monitor") == "val/knn_acc":
+        if (
+            str(key).startswith("ModelCheckpoint")
+            and isinstance(value, Mapping)
+            and value.get("monitor") == "val/knn_acc"
+        ):
             for path, score in (value.get("best_k_models") or {}).items():
                 if Path(str(path)).name == checkpoint.name and score is not None:
                     return float(score), "the checkpoint (val/knn_acc when it was saved)"
@@ -216,8 +263,10 @@ def output_path(output: Any, run_dir: Path, fmt: str) -> Path:
     if path.is_dir() or not path.suffix:
         return path / f"{STEM}{ext}"
     if path.suffix != ext:
-        raise ConfigError(f"output={output}: format={fmt} writes a {ext} file; "
-                          f"name a folder or a file ending in {ext}")
+        raise ConfigError(
+            f"output={output}: format={fmt} writes a {ext} file; "
+            f"name a folder or a file ending in {ext}"
+        )
     return path
 
 
@@ -225,8 +274,10 @@ def _require_safetensors() -> Any:
     try:
         import safetensors.torch
     except ModuleNotFoundError:
-        raise ConfigError("format=safetensors needs the safetensors package: "
-                          'pip install "reco_lightning[export]" (or pip install safetensors)') from None
+        raise ConfigError(
+            "format=safetensors needs the safetensors package: "
+            'pip install "reco_lightning[export]" (or pip install safetensors)'
+        ) from None
     return safetensors.torch
 
 
@@ -237,13 +288,21 @@ def _atomic_write(path: Path, write: Any) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as error:
-        raise ConfigError(f"could not write {path} ({error.strerror or error}): choose another output=") from None
+        raise ConfigError(
+            f"could not write {path} ({error.strerror or error}): choose another output="
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_weights(backbone: torch.nn.Module, weights: dict[str, torch.Tensor], fmt: str, path: Path,
-                  image_size: int | None, metadata: Mapping[str, str] | None = None) -> None:
+def write_weights(
+    backbone: torch.nn.Module,
+    weights: dict[str, torch.Tensor],
+    fmt: str,
+    path: Path,
+    image_size: int | None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
     """Write ``weights`` or, for torchscript, a trace of ``backbone`` (on one ``image_size``
     image) to ``path``."""
     plain = {k: v.detach().clone().contiguous() for k, v in weights.items()}
@@ -263,8 +322,12 @@ def write_weights(backbone: torch.nn.Module, weights: dict[str, torch.Tensor], f
             _atomic_write(path, lambda tmp: torch.jit.save(traced, str(tmp)))
 
 
-def export_backbone(checkpoint: str | Path, fmt: str = "torchvision", output: str | Path | None = None,
-                    image_size: int | None = None) -> dict[str, Any]:
+def export_backbone(
+    checkpoint: str | Path,
+    fmt: str = "torchvision",
+    output: str | Path | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Export the backbone of ``checkpoint`` (a ``.ckpt`` or a run directory) as ``fmt``.
 
     Writes the weights (to :func:`output_path`) and ``backbone.json`` beside them; returns
@@ -288,8 +351,10 @@ def export_backbone(checkpoint: str | Path, fmt: str = "torchvision", output: st
         _require_safetensors()
     arch = describe_architecture(hparams)
     if fmt == "timm" and not arch.get("timm"):
-        raise ConfigError(f"format=timm needs a backbone built from timm (backbone.name=timm/...); "
-                          f"this one is {arch['architecture']}: use format=torchvision")
+        raise ConfigError(
+            f"format=timm needs a backbone built from timm (backbone.name=timm/...); "
+            f"this one is {arch['architecture']}: use format=torchvision"
+        )
     if fmt == "torchvision" and arch.get("timm"):
         raise ConfigError(f"this backbone came from timm ({arch['architecture']}): use format=timm")
     weights = backbone_weights(state, path)
@@ -304,13 +369,18 @@ def export_backbone(checkpoint: str | Path, fmt: str = "torchvision", output: st
         "format": fmt,
         "file": target.name,
         "load": load_line(fmt, arch, target.name),
-        **{k: arch[k] for k in ("architecture", "stem", "width", "feature_dim", "plain_torchvision")},
+        **{
+            k: arch[k]
+            for k in ("architecture", "stem", "width", "feature_dim", "plain_torchvision")
+        },
         "torchvision": torchvision_note(arch),
         "input_size": [3, int(image_size), int(image_size)] if image_size is not None else None,
         "normalisation": normalisation(dataset),
         "method": checkpoint_method(state),
         "reco": checkpoint_has_reco(state),
-        "epoch": state.get("epoch"),  # Lightning's 0-based index of the epoch the checkpoint was saved in
+        "epoch": state.get(
+            "epoch"
+        ),  # Lightning's 0-based index of the epoch the checkpoint was saved in
         "global_step": state.get("global_step"),
         "knn_acc": knn,
         "knn_acc_from": knn_from,
@@ -318,14 +388,24 @@ def export_backbone(checkpoint: str | Path, fmt: str = "torchvision", output: st
         "torch": torch.__version__.split("+")[0],
     }
     if fmt == "torchscript":
-        info["note"] = "TorchScript is deprecated by PyTorch (in favour of torch.export) but torch.jit.load still loads it"
+        info["note"] = (
+            "TorchScript is deprecated by PyTorch (in favour of torch.export) but torch.jit.load still loads it"
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"output={target.parent}: cannot create the folder ({error.strerror or error})") from None
-    metadata = {k: json.dumps(info[k]) for k in ("architecture", "stem", "width", "feature_dim", "input_size", "normalisation")}
+        raise ConfigError(
+            f"output={target.parent}: cannot create the folder ({error.strerror or error})"
+        ) from None
+    metadata = {
+        k: json.dumps(info[k])
+        for k in ("architecture", "stem", "width", "feature_dim", "input_size", "normalisation")
+    }
     write_weights(backbone, weights, fmt, target, image_size, metadata)
-    info["exports"] = {**_earlier_exports(target.with_suffix(".json"), info), fmt: {"file": target.name, "load": info["load"]}}
+    info["exports"] = {
+        **_earlier_exports(target.with_suffix(".json"), info),
+        fmt: {"file": target.name, "load": info["load"]},
+    }
     text = json.dumps(info, indent=2) + "\n"
     _atomic_write(target.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return {**info, "written": [str(target), str(target.with_suffix(".json"))]}
@@ -338,12 +418,17 @@ def _earlier_exports(description: Path, info: Mapping[str, Any]) -> dict[str, An
         earlier = json.loads(description.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(earlier, dict) or any(earlier.get(k) != info[k] for k in ("checkpoint", "global_step")):
+    if not isinstance(earlier, dict) or any(
+        earlier.get(k) != info[k] for k in ("checkpoint", "global_step")
+    ):
         return {}
     exports = earlier.get("exports") if isinstance(earlier.get("exports"), dict) else {}
     return {
-        fmt: entry for fmt, entry in exports.items()
-        if fmt != info["format"] and isinstance(entry, dict) and (description.parent / str(entry.get("file"))).is_file()
+        fmt: entry
+        for fmt, entry in exports.items()
+        if fmt != info["format"]
+        and isinstance(entry, dict)
+        and (description.parent / str(entry.get("file"))).is_file()
     }
 
 
@@ -351,11 +436,15 @@ def _check_image_size(value: Any, fmt: str) -> int | None:
     """``value`` as a positive number of pixels (None stays None, except for torchscript)."""
     if value is None:
         if fmt == "torchscript":
-            raise ConfigError("format=torchscript traces at the run's image size, which is unknown here "
-                              "(no config.yaml beside the checkpoint's run): set image_size=, e.g. image_size=32")
+            raise ConfigError(
+                "format=torchscript traces at the run's image size, which is unknown here "
+                "(no config.yaml beside the checkpoint's run): set image_size=, e.g. image_size=32"
+            )
         return None
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value)) <= 0:
-        raise ConfigError(f"image_size={value} is not a positive number of pixels: set image_size=, e.g. image_size=32")
+        raise ConfigError(
+            f"image_size={value} is not a positive number of pixels: set image_size=, e.g. image_size=32"
+        )
     return int(str(value))
 
 
@@ -364,9 +453,11 @@ def main(cfg: DictConfig) -> None:
     """The command: export, print where the files went and the line that loads them."""
     try:
         if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError("checkpoint is not set: python -m reco_lightning.export "
-                              "checkpoint=outputs/DATE/TIME format=torchvision "
-                              "(a run directory: its checkpoints/last.ckpt; or a .ckpt file)")
+            raise ConfigError(
+                "checkpoint is not set: python -m reco_lightning.export "
+                "checkpoint=outputs/DATE/TIME format=torchvision "
+                "(a run directory: its checkpoints/last.ckpt; or a .ckpt file)"
+            )
         info = export_backbone(cfg.checkpoint, cfg.format, cfg.get("output"), cfg.get("image_size"))
     except RecoLightningError as error:
         print(f"reco_lightning.export: error: {one_line(error)}", file=sys.stderr)
@@ -375,12 +466,24 @@ def main(cfg: DictConfig) -> None:
     print(f"wrote {weights} ({info['format']}) and {description}; load it with:\n  {info['load']}")
 
 
-__all__ = ["FORMATS", "backbone_weights", "build_line", "check_format", "describe_architecture",
-           "export_backbone", "load_line", "normalisation", "output_path", "torchvision_note"]
+__all__ = [
+    "FORMATS",
+    "backbone_weights",
+    "build_line",
+    "check_format",
+    "describe_architecture",
+    "export_backbone",
+    "load_line",
+    "normalisation",
+    "output_path",
+    "torchvision_note",
+]
 
 
 if __name__ == "__main__":
     from .cli_checks import check_or_exit
 
-    check_or_exit("reco_lightning.export", sys.argv[1:], "export")  # a misspelt key gets a did-you-mean
+    check_or_exit(
+        "reco_lightning.export", sys.argv[1:], "export"
+    )  # a misspelt key gets a did-you-mean
     main()

@@ -63,7 +63,10 @@ def _watch(children: list[subprocess.Popen], stop: threading.Event) -> None:
         for child in children:
             code = child.poll()
             if code not in (None, 0) and not stop.wait(GRACE_SECONDS):
-                print(f"reco_lightning: a DDP rank exited with status {code}; stopping the job", file=sys.stderr)
+                print(
+                    f"reco_lightning: a DDP rank exited with status {code}; stopping the job",
+                    file=sys.stderr,
+                )
                 for other in children:
                     if other.poll() is None:
                         other.kill()
@@ -89,8 +92,10 @@ def local_ranks(trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> Iterat
         RECO_LOCAL_WORLD_SIZE=str(trainer.num_devices),
     )
     command = [sys.executable, "-m", "reco_lightning.worker", str(config_path), str(output_dir)]
-    children = [subprocess.Popen(command, env=dict(os.environ, LOCAL_RANK=str(local_rank)))
-                for local_rank in range(1, trainer.num_devices)]
+    children = [
+        subprocess.Popen(command, env=dict(os.environ, LOCAL_RANK=str(local_rank)))
+        for local_rank in range(1, trainer.num_devices)
+    ]
     stop = threading.Event()
     threading.Thread(target=_watch, args=(children, stop), daemon=True).start()
     try:

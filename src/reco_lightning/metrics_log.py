@@ -31,7 +31,10 @@ class CSVHistoryLogger(CSVLogger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         # the row as the writer records it (its buffer may be flushed inside the call)
-        row = {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
+        row = {
+            key: value.item() if isinstance(value, Tensor) else value
+            for key, value in metrics.items()
+        }
         row["step"] = step if step is not None else len(self.experiment.metrics)
         super().log_metrics(metrics, step)
         self.history.append(row)

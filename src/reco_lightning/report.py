@@ -22,23 +22,40 @@ from .errors import ConfigError
 #: the PNG files a training run draws (linked from the Markdown report)
 PICTURES = ("training_curves.png", "feature_map.png")
 
-COLUMNS = ("job", "overrides", "method", "reco", "dataset", "epochs", "steps", "knn_acc", "linear_acc",
-           "knn_acc_random_init", "train_time_s")
+COLUMNS = (
+    "job",
+    "overrides",
+    "method",
+    "reco",
+    "dataset",
+    "epochs",
+    "steps",
+    "knn_acc",
+    "linear_acc",
+    "knn_acc_random_init",
+    "train_time_s",
+)
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per ``summary.json`` under ``sweep_dir``, in job-directory order."""
     if not sweep_dir.is_dir():
-        raise ConfigError(f"SWEEP_DIR={sweep_dir} is not a directory: pass the directory a sweep wrote")
+        raise ConfigError(
+            f"SWEEP_DIR={sweep_dir} is not a directory: pass the directory a sweep wrote"
+        )
     rows = []
-    for summary_path in sorted(sweep_dir.rglob("summary.json"), key=lambda p: _natural(p.parent, sweep_dir)):
+    for summary_path in sorted(
+        sweep_dir.rglob("summary.json"), key=lambda p: _natural(p.parent, sweep_dir)
+    ):
         summary, job_dir = json.loads(summary_path.read_text()), summary_path.parent
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
         row = {key: summary.get(key) for key in COLUMNS}
         row["job"] = str(job_dir.relative_to(sweep_dir)) or "."
         row["overrides"] = " ".join(overrides or [])
-        row["pictures"] = [f"{row['job']}/{name}" for name in PICTURES if (job_dir / name).is_file()]
+        row["pictures"] = [
+            f"{row['job']}/{name}" for name in PICTURES if (job_dir / name).is_file()
+        ]
         rows.append(row)
     if not rows:
         raise ConfigError(
@@ -72,8 +89,14 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         own = " ".join(o for o in row["overrides"].split() if o not in shared)
         accuracies = (_fmt(row[k], True) for k in ("knn_acc", "linear_acc", "knn_acc_random_init"))
-        cells = [row["job"], f"`{own}`", *accuracies, _fmt(row["epochs"]), _fmt(row["train_time_s"]),
-                 " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"])]
+        cells = [
+            row["job"],
+            f"`{own}`",
+            *accuracies,
+            _fmt(row["epochs"]),
+            _fmt(row["train_time_s"]),
+            " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"]),
+        ]
         lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
@@ -98,13 +121,25 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if not values:
                 continue
             x = i + offset
-            axes.bar(x, sum(values) / len(values), width, color=colour,
-                     label=("ReCo on" if reco else "ReCo off") if i == 0 else None)
+            axes.bar(
+                x,
+                sum(values) / len(values),
+                width,
+                color=colour,
+                label=("ReCo on" if reco else "ReCo off") if i == 0 else None,
+            )
             axes.scatter([x] * len(values), values, color="black", s=10, zorder=3)
-    baseline = [100 * float(r["knn_acc_random_init"]) for r in rows if r["knn_acc_random_init"] is not None]
+    baseline = [
+        100 * float(r["knn_acc_random_init"]) for r in rows if r["knn_acc_random_init"] is not None
+    ]
     if baseline:
-        axes.axhline(sum(baseline) / len(baseline), color="#c0392b", linestyle="--", linewidth=1,
-                     label="random init")
+        axes.axhline(
+            sum(baseline) / len(baseline),
+            color="#c0392b",
+            linestyle="--",
+            linewidth=1,
+            label="random init",
+        )
     axes.set_xticks(range(len(methods)), methods)
     axes.set_ylabel("kNN accuracy (%)")
     axes.set_title("kNN accuracy by method")
@@ -127,7 +162,9 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reco_lightning.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m reco_lightning.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("sweep_dir", type=Path, help="directory of a sweep (hydra.sweep.dir)")
     args = parser.parse_args(argv)
     try:

@@ -70,7 +70,9 @@ def check_writable(output_dir: Path) -> None:
 
 def wants_resume(resume: Any) -> bool:
     """Whether ``resume`` asks to continue a run (``auto``, a file or a directory)."""
-    return not (resume is None or resume is False or str(resume).lower() in {"", "none", "null", "false"})
+    return not (
+        resume is None or resume is False or str(resume).lower() in {"", "none", "null", "false"}
+    )
 
 
 def resolve_resume(resume: Any, output_dir: Path) -> Path | None:
@@ -85,13 +87,19 @@ def resolve_resume(resume: Any, output_dir: Path) -> Path | None:
         last = output_dir / "checkpoints" / "last.ckpt"
         return last if last.is_file() else None
     return checkpoint_file(
-        resume, "resume", ", a run directory that holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir"
+        resume,
+        "resume",
+        ", a run directory that holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir",
     )
 
 
 def run_of_checkpoint(checkpoint: Path) -> Path | None:
     """The run directory a checkpoint belongs to (``RUN/checkpoints/x.ckpt``), if it has a config."""
-    run = checkpoint.resolve().parent.parent if checkpoint.resolve().parent.name == "checkpoints" else None
+    run = (
+        checkpoint.resolve().parent.parent
+        if checkpoint.resolve().parent.name == "checkpoints"
+        else None
+    )
     return run if run is not None and (run / "config.yaml").is_file() else None
 
 
@@ -99,7 +107,9 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     values = {key: OmegaConf.select(cfg, key, default=None) for _, key in IDENTITY}
     values["reco.enabled"] = bool(values["reco.enabled"])
     root = OmegaConf.select(cfg, "dataset.root", default=None, throw_on_missing=False)
-    values["dataset.root"] = str(Path(str(root)).expanduser().resolve()) if root not in (None, "???") else None
+    values["dataset.root"] = (
+        str(Path(str(root)).expanduser().resolve()) if root not in (None, "???") else None
+    )
     return values
 
 
@@ -107,8 +117,9 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def config_for_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None,
-                      resume_arg: Any) -> DictConfig:
+def config_for_resume(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None, resume_arg: Any
+) -> DictConfig:
     """The config of a run that continues in ``run_dir``: its stored ``config.yaml`` with the
     command line's ``overrides`` (Hydra's ``overrides.task``) on top, or ``cfg`` as given when
     they are ``None`` (a call from Python). Either way, a method, ReCo setting or dataset
@@ -181,7 +192,9 @@ def probe_run_dir(run_dir: str) -> None:
         finally:  # the folders this test created
             _remove_empty(path, levels=len(path.relative_to(existing).parts))
     if problem:
-        raise ConfigError(f"hydra.run.dir={run_dir} cannot be written ({problem}): choose a writable directory")
+        raise ConfigError(
+            f"hydra.run.dir={run_dir} cannot be written ({problem}): choose a writable directory"
+        )
 
 
 def _write_test(folder: Path) -> None:
@@ -201,6 +214,14 @@ def _remove_empty(path: Path, levels: int) -> None:
 
 
 __all__ = [
-    "check_fresh", "check_writable", "config_for_resume", "holds_run", "hydra_files_only", "probe_run_dir",
-    "remove_if_unused", "resolve_resume", "run_of_checkpoint", "wants_resume",
+    "check_fresh",
+    "check_writable",
+    "config_for_resume",
+    "holds_run",
+    "hydra_files_only",
+    "probe_run_dir",
+    "remove_if_unused",
+    "resolve_resume",
+    "run_of_checkpoint",
+    "wants_resume",
 ]

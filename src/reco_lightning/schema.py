@@ -91,8 +91,12 @@ class DiagnosticsConfig:
 
 
 #: the written-out groups whose fields feed the method's shared arguments
-SHARED_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "optimizer": OptimizerConfig, "knn": KNNConfig,
-                                  "diagnostics": DiagnosticsConfig}
+SHARED_GROUPS: dict[str, type] = {
+    "backbone": BackboneConfig,
+    "optimizer": OptimizerConfig,
+    "knn": KNNConfig,
+    "diagnostics": DiagnosticsConfig,
+}
 
 
 def _config_type(hint: Any) -> Any:
@@ -101,41 +105,70 @@ def _config_type(hint: Any) -> Any:
     if hint in scalars:
         return hint
     arguments = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(arguments) == 2 and type(None) in arguments:
+    if (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and len(arguments) == 2
+        and type(None) in arguments
+    ):
         inner = next(a for a in arguments if a is not type(None))
         return Optional[inner] if inner in scalars else Any
     return Any
 
 
-def schema_of(target: Callable[..., Any], schema_name: str, skip: tuple[str, ...] = (),
-              required: tuple[str, ...] = (), **extra: Any) -> type:
+def schema_of(
+    target: Callable[..., Any],
+    schema_name: str,
+    skip: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    **extra: Any,
+) -> type:
     """A dataclass of ``target``'s keyword arguments (keys, enforceable types, defaults),
     without ``skip``, with no default for ``required`` (a preset must set them; a ``???``
     in YAML cannot take a default away) and with the ``extra`` fields (name -> default) first."""
     function = target.__init__ if inspect.isclass(target) else target
     hints = typing.get_type_hints(function)
-    specs: list[tuple[str, Any, Any]] = [(key, _config_type(type(value)), field(default=value)) for key, value in extra.items()]
+    specs: list[tuple[str, Any, Any]] = [
+        (key, _config_type(type(value)), field(default=value)) for key, value in extra.items()
+    ]
     for parameter in inspect.signature(target).parameters.values():
-        if parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL) or parameter.name in skip:
+        if (
+            parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+            or parameter.name in skip
+        ):
             continue
         default = parameter.default
         if default is inspect.Parameter.empty or parameter.name in required:
             default = "???"  # mandatory: OmegaConf's missing value
         elif isinstance(default, (list, tuple, dict)):
-            default = field(default_factory=lambda value=default: list(value) if isinstance(value, tuple) else value)
-        specs.append((parameter.name, _config_type(hints.get(parameter.name, Any)),
-                      default if isinstance(default, dataclasses.Field) else field(default=default)))
+            default = field(
+                default_factory=lambda value=default: (
+                    list(value) if isinstance(value, tuple) else value
+                )
+            )
+        specs.append(
+            (
+                parameter.name,
+                _config_type(hints.get(parameter.name, Any)),
+                default if isinstance(default, dataclasses.Field) else field(default=default),
+            )
+        )
     return dataclasses.make_dataclass(schema_name, specs)
 
 
 #: keyword arguments of the Trainer that the run sets itself
 TRAINER_OWN = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins")
-DatasetSchema = schema_of(SSLDataModule, "DatasetSchema", skip=("weak_view", "seed"),
-                          required=("name", "root"), queue_size=4096)
+DatasetSchema = schema_of(
+    SSLDataModule,
+    "DatasetSchema",
+    skip=("weak_view", "seed"),
+    required=("name", "root"),
+    queue_size=4096,
+)
 TrainerSchema = schema_of(L.Trainer, "TrainerSchema", skip=TRAINER_OWN)
 ReCoSchema = schema_of(ReCoConfig, "ReCoSchema", enabled=True)
-METHOD_SCHEMAS: dict[str, type] = {name: schema_of(cls, f"{cls.__name__}Schema", name=name)
-                                   for name, cls in METHODS.items()}
+METHOD_SCHEMAS: dict[str, type] = {
+    name: schema_of(cls, f"{cls.__name__}Schema", name=name) for name, cls in METHODS.items()
+}
 
 
 @dataclass
@@ -169,7 +202,16 @@ def register() -> None:
 def reject_added_keys(cfg: DictConfig) -> None:
     """A key added with ``+`` that its group's schema does not have (``+trainer.max_epoch=2``)
     is a ConfigError with a did-you-mean; Hydra's struct mode has let it through."""
-    for group in ("backbone", "optimizer", "knn", "diagnostics", "trainer", "dataset", "method", "reco"):
+    for group in (
+        "backbone",
+        "optimizer",
+        "knn",
+        "diagnostics",
+        "trainer",
+        "dataset",
+        "method",
+        "reco",
+    ):
         node = cfg.get(group)
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
         if schema is not None and dataclasses.is_dataclass(schema):
@@ -178,11 +220,21 @@ def reject_added_keys(cfg: DictConfig) -> None:
 
 def method_arguments(cfg: DictConfig) -> dict[str, Any]:
     """The shared keyword arguments of a method, read off the groups' schema fields."""
-    return {spec.metadata["argument"]: cfg[group][spec.name]
-            for group, schema in SHARED_GROUPS.items() for spec in dataclasses.fields(schema)}
+    return {
+        spec.metadata["argument"]: cfg[group][spec.name]
+        for group, schema in SHARED_GROUPS.items()
+        for spec in dataclasses.fields(schema)
+    }
 
 
 __all__ = [
-    "BackboneConfig", "DiagnosticsConfig", "KNNConfig", "OptimizerConfig", "RunConfig", "method_arguments", "register",
-    "reject_added_keys", "schema_of",
+    "BackboneConfig",
+    "DiagnosticsConfig",
+    "KNNConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "method_arguments",
+    "register",
+    "reject_added_keys",
+    "schema_of",
 ]

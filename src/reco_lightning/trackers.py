@@ -42,25 +42,31 @@ def _run_settings(name: str, settings: dict[str, Any], output_dir: Path) -> dict
     return settings
 
 
-def build_trackers(loggers: DictConfig | Mapping[str, Any] | None, output_dir: str | Path) -> list[Logger]:
+def build_trackers(
+    loggers: DictConfig | Mapping[str, Any] | None, output_dir: str | Path
+) -> list[Logger]:
     """The trackers chosen in ``cfg.logger`` (one node per tracker), built and checked."""
     from hydra.utils import instantiate
 
     trackers: list[Logger] = []
     for name, node in (loggers or {}).items():
         if name not in TRACKERS:
-            raise ConfigError(f"logger.{name} is not a tracker this package knows: choose from {sorted(TRACKERS)}")
+            raise ConfigError(
+                f"logger.{name} is not a tracker this package knows: choose from {sorted(TRACKERS)}"
+            )
         modules, extra = TRACKERS[name]
         if all(importlib.util.find_spec(module) is None for module in modules):
             raise ConfigError(
-                f"logger={name} needs the {modules[0]} package: pip install \"reco_lightning[{extra}]\""
+                f'logger={name} needs the {modules[0]} package: pip install "reco_lightning[{extra}]"'
             )
         settings = _run_settings(name, as_dict(node, f"logger.{name}"), Path(output_dir))
         try:
             trackers.append(instantiate(settings))
         except Exception as error:  # noqa: BLE001 - the tracker's own message, on one line
             reason = " ".join(str(error).split())
-            raise ConfigError(f"logger={name} could not start: {reason} (see logger.{name}.* )") from None
+            raise ConfigError(
+                f"logger={name} could not start: {reason} (see logger.{name}.* )"
+            ) from None
     return trackers
 
 
@@ -74,8 +80,11 @@ def log_config(trackers: list[Logger], cfg: DictConfig) -> None:
 
 def log_summary(trackers: list[Logger], summary: Mapping[str, Any], step: int) -> None:
     """The run's numeric summary (kNN accuracy, training time, ...) as ``summary/*`` metrics."""
-    numbers = {f"summary/{key}": float(value) for key, value in summary.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    numbers = {
+        f"summary/{key}": float(value)
+        for key, value in summary.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     for tracker in trackers:
         tracker.log_metrics(numbers, step=step)
         tracker.save()

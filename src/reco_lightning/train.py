@@ -14,28 +14,32 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
-
-import torch
 from torch.utils.data import DataLoader, Subset
 
 from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
+from .checkpoints import read_checkpoint
 from .config_checks import as_dict
 from .data import SSLDataModule
 from .data.datamodule import LabelledDataset
 from .errors import ConfigError
 from .launch import local_ranks
-from .schema import method_arguments, reject_added_keys
-from .metrics_log import CSVHistoryLogger, MetricsHistory
-from .trackers import build_trackers, log_config, log_summary
 from .methods import METHODS, SSLMethod
+from .metrics_log import CSVHistoryLogger, MetricsHistory
 from .run_dir import (
-    check_fresh, check_writable, config_for_resume, resolve_resume, run_of_checkpoint, wants_resume,
+    check_fresh,
+    check_writable,
+    config_for_resume,
+    resolve_resume,
+    run_of_checkpoint,
+    wants_resume,
 )
-from .checkpoints import read_checkpoint
+from .schema import method_arguments, reject_added_keys
+from .trackers import build_trackers, log_config, log_summary
 from .utils.distributed import global_rank_from_environment
 from .utils.optim import check_optimizer
 
@@ -65,63 +69,103 @@ def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def build_datamodule(cfg: DictConfig, weak_view: bool) -> SSLDataModule:
-    settings = {k: v for k, v in as_dict(cfg.dataset, "dataset").items() if k not in DATASET_HINT_KEYS}
+    settings = {
+        k: v for k, v in as_dict(cfg.dataset, "dataset").items() if k not in DATASET_HINT_KEYS
+    }
     return SSLDataModule(**settings, weak_view=weak_view, seed=cfg.seed)
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, extra_callbacks: list | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, extra_callbacks: list | None = None
+) -> L.Trainer:
     settings = as_dict(cfg.trainer, "trainer")
     # The CSV log shares the run directory with Hydra's files and config.yaml; Lightning
     # warns about any non-empty directory, although it only ever replaces its metrics.csv.
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings(
+        "ignore", message=r"Experiment logs directory .* exists and is not empty"
+    )
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
     loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
     checkpoints = ModelCheckpoint(
-        dirpath=str(output_dir / "checkpoints"), filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
-        auto_insert_metric_name=False, monitor="val/knn_acc", mode="max", save_last=True,
+        dirpath=str(output_dir / "checkpoints"),
+        filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val/knn_acc",
+        mode="max",
+        save_last=True,
         # one run per directory: last.ckpt is this run's, also after the directory was moved
         # (Lightning would otherwise write last-v1.ckpt beside it and resume=auto take the old one)
         enable_version_counter=False,
     )
-    callbacks = [checkpoints, CheckpointOnSignal(output_dir / "checkpoints"), TrainingClock(),
-                 MetricsHistory(csv_log), LearningRateMonitor(logging_interval="epoch"),
-                 *(extra_callbacks or [])]
+    callbacks = [
+        checkpoints,
+        CheckpointOnSignal(output_dir / "checkpoints"),
+        TrainingClock(),
+        MetricsHistory(csv_log),
+        LearningRateMonitor(logging_interval="epoch"),
+        *(extra_callbacks or []),
+    ]
     if settings.get("enable_progress_bar", True):
         callbacks.append(EpochProgressBar())
     # use_distributed_sampler=False: the DataModule shards across ranks itself (exact validation sets,
     # resumable epochs)
     try:
-        return L.Trainer(**settings, logger=loggers, callbacks=callbacks, default_root_dir=str(output_dir),
-                         use_distributed_sampler=False)
+        return L.Trainer(
+            **settings,
+            logger=loggers,
+            callbacks=callbacks,
+            default_root_dir=str(output_dir),
+            use_distributed_sampler=False,
+        )
     except (ValueError, TypeError, MisconfigurationException) as error:
         # Lightning checks the values of trainer.* (precision, devices, strategy ...) itself
         reason = " ".join(str(error).split())
-        raise ConfigError(f"Lightning refused the trainer settings: {reason} (see trainer.* on the command line)") from None
+        raise ConfigError(
+            f"Lightning refused the trainer settings: {reason} (see trainer.* on the command line)"
+        ) from None
 
 
-def build_method(cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer,
-                 reco: dict[str, Any] | None) -> SSLMethod:
+def build_method(
+    cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer, reco: dict[str, Any] | None
+) -> SSLMethod:
     name = require_method(cfg)
-    method_settings = {key: value for key, value in as_dict(cfg.method, "method").items() if key != "name"}
+    method_settings = {
+        key: value for key, value in as_dict(cfg.method, "method").items() if key != "name"
+    }
     arguments = method_arguments(cfg)
     check_optimizer(arguments["optimizer"], arguments["optimizer_kernel"])
     if arguments["small_stem"] == "auto":
         arguments["small_stem"] = datamodule.image_size <= 64
-    global_batch = datamodule.batch_size * trainer.world_size * int(cfg.trainer.accumulate_grad_batches)
+    global_batch = (
+        datamodule.batch_size * trainer.world_size * int(cfg.trainer.accumulate_grad_batches)
+    )
     arguments["lr"] *= global_batch / 256  # optimizer.lr is for a global batch of 256
-    sizes = {f"method.{key}": value for key, value in method_settings.items() if key == "queue_size"}
-    sizes.update({f"reco.{key}": (reco or {}).get(key, global_batch) for key in ("bank_size", "negatives_size")})
+    sizes = {
+        f"method.{key}": value for key, value in method_settings.items() if key == "queue_size"
+    }
+    sizes.update(
+        {
+            f"reco.{key}": (reco or {}).get(key, global_batch)
+            for key in ("bank_size", "negatives_size")
+        }
+    )
     for key, size in sizes.items():
         if size < global_batch:
             raise ConfigError(
                 f"{key}={size} cannot hold one global batch of {global_batch} keys: "
                 f"raise {key} (or dataset.queue_size) to at least {global_batch}"
             )
-    return METHODS[name](num_classes=datamodule.num_classes, reco=reco, **arguments, **method_settings)
+    return METHODS[name](
+        num_classes=datamodule.num_classes, reco=reco, **arguments, **method_settings
+    )
 
 
-def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None,
-          overrides: list[str] | None = None) -> dict[str, Any]:
+def train(
+    cfg: DictConfig,
+    output_dir: Path,
+    callbacks: list | None = None,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
     """Run one training job described by ``cfg``; returns (and writes) its summary.
 
     ``callbacks`` are added to the Trainer's (tests use them to interrupt a run).
@@ -138,7 +182,9 @@ def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None,
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
     datamodule = build_datamodule(cfg, weak_view=reco is not None)
-    if cfg.dataset.get("image_size") is None:  # an image folder: record the size inferred from the data
+    if (
+        cfg.dataset.get("image_size") is None
+    ):  # an image folder: record the size inferred from the data
         with open_dict(cfg):
             cfg.dataset.image_size = datamodule.image_size
     check_strategy(cfg)
@@ -150,21 +196,28 @@ def train(cfg: DictConfig, output_dir: Path, callbacks: list | None = None,
         log_config(trainer.loggers[1:], cfg)  # the trackers beside the CSV log
 
     with local_ranks(trainer, _for_workers(cfg, resume_from), output_dir):
-        knn_at_init = _random_init_knn(trainer, model, datamodule, output_dir, resume_from, rank_zero)
+        knn_at_init = _random_init_knn(
+            trainer, model, datamodule, output_dir, resume_from, rank_zero
+        )
         started = time.time()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None
+        )
         elapsed = time.time() - started
         if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished
             trainer.validate(model, datamodule=datamodule, verbose=False)
         return _summarise(cfg, trainer, reco, elapsed, knn_at_init, output_dir, rank_zero)
 
 
-def prepare_run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None,
-                rank_zero: bool) -> tuple[DictConfig, Path, Path | None]:
+def prepare_run(
+    cfg: DictConfig, output_dir: Path, overrides: list[str] | None, rank_zero: bool
+) -> tuple[DictConfig, Path, Path | None]:
     """The run's config, its directory and the checkpoint it resumes from, if any (see :mod:`.run_dir`)."""
     resume_from = resolve_resume(cfg.get("resume"), output_dir)
     if resume_from is not None:
-        read_checkpoint(resume_from)  # a truncated or foreign file: one line now, not a traceback later
+        read_checkpoint(
+            resume_from
+        )  # a truncated or foreign file: one line now, not a traceback later
         run_dir = run_of_checkpoint(resume_from)
         if run_dir is not None:
             cfg = config_for_resume(cfg, run_dir, overrides, cfg.get("resume"))
@@ -194,8 +247,14 @@ def _for_workers(cfg: DictConfig, resume_from: Path | None) -> DictConfig:
     return cfg
 
 
-def _random_init_knn(trainer: L.Trainer, model: SSLMethod, datamodule: SSLDataModule, output_dir: Path,
-                     resume_from: Path | None, rank_zero: bool) -> float | None:
+def _random_init_knn(
+    trainer: L.Trainer,
+    model: SSLMethod,
+    datamodule: SSLDataModule,
+    output_dir: Path,
+    resume_from: Path | None,
+    rank_zero: bool,
+) -> float | None:
     """kNN accuracy of the untrained backbone; measured once per run, reread on resume."""
     record = (resume_from.parent.parent if resume_from else output_dir) / "random_init.json"
     if resume_from is not None:
@@ -207,8 +266,15 @@ def _random_init_knn(trainer: L.Trainer, model: SSLMethod, datamodule: SSLDataMo
     return knn
 
 
-def _summarise(cfg: DictConfig, trainer: L.Trainer, reco: dict[str, Any] | None, elapsed: float,
-               knn_at_init: float | None, output_dir: Path, rank_zero: bool) -> dict[str, Any]:
+def _summarise(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    reco: dict[str, Any] | None,
+    elapsed: float,
+    knn_at_init: float | None,
+    output_dir: Path,
+    rank_zero: bool,
+) -> dict[str, Any]:
     """The run's summary: written to ``summary.json`` and printed by rank 0."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     summary = {
@@ -244,14 +310,22 @@ def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> 
     pictures = {}
     metrics = output_dir / "metrics.csv"
     if metrics.is_file():
-        pictures["curves"] = str(training_curves(metrics, output_dir / "training_curves.png", title))
-    chosen = torch.randperm(datamodule.val_size, generator=torch.Generator().manual_seed(0))[:MAP_POINTS]
+        pictures["curves"] = str(
+            training_curves(metrics, output_dir / "training_curves.png", title)
+        )
+    chosen = torch.randperm(datamodule.val_size, generator=torch.Generator().manual_seed(0))[
+        :MAP_POINTS
+    ]
     val = LabelledDataset(datamodule.splits.val, datamodule.eval_transform)
     loader = DataLoader(Subset(val, chosen.tolist()), batch_size=datamodule.eval_batch_size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    features, labels = extract_features(model.backbone, loader, device, "features (val)", progress=False)
+    features, labels = extract_features(
+        model.backbone, loader, device, "features (val)", progress=False
+    )
     map_path, map_title = output_dir / "feature_map.png", f"{title}: validation features (t-SNE)"
-    pictures["feature_map"] = str(feature_map(features, labels, map_path, map_title, max_points=MAP_POINTS))
+    pictures["feature_map"] = str(
+        feature_map(features, labels, map_path, map_title, max_points=MAP_POINTS)
+    )
     return pictures
 
 
@@ -261,12 +335,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    return "\n".join([
-        "",
-        f"== reco_lightning: {summary['method']}{' + ReCo' if summary['reco'] else ''} on {summary['dataset']}",
-        f"epochs {summary['epochs']}, steps {summary['steps']}, training time {summary['train_time_s']:.1f} s",
-        f"kNN accuracy          {pct(summary['knn_acc'])}",
-        f"kNN at random init    {pct(summary['knn_acc_random_init'])}",
-        f"linear-probe accuracy {pct(summary['linear_acc'])}",
-        f"outputs in            {summary['output_dir']}",
-    ])
+    return "\n".join(
+        [
+            "",
+            f"== reco_lightning: {summary['method']}{' + ReCo' if summary['reco'] else ''} on {summary['dataset']}",
+            f"epochs {summary['epochs']}, steps {summary['steps']}, training time {summary['train_time_s']:.1f} s",
+            f"kNN accuracy          {pct(summary['knn_acc'])}",
+            f"kNN at random init    {pct(summary['knn_acc_random_init'])}",
+            f"linear-probe accuracy {pct(summary['linear_acc'])}",
+            f"outputs in            {summary['output_dir']}",
+        ]
+    )

@@ -24,7 +24,10 @@ def main(argv: list[str]) -> None:
     try:
         train(cfg, output_dir)  # type: ignore[arg-type]
     except RecoLightningError as error:  # rank 0 reports the same error
-        print(f"reco_lightning (rank {global_rank_from_environment()}): error: {one_line(error)}", file=sys.stderr)
+        print(
+            f"reco_lightning (rank {global_rank_from_environment()}): error: {one_line(error)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

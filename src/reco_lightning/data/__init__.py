@@ -4,11 +4,18 @@
 exported for evaluation scripts and custom methods that need the same images and views.
 """
 
-from reco_lightning.data.datamodule import LabelledDataset, MultiViewDataset, SSLDataModule
-from reco_lightning.data.datasets import DATASET_CHOICES, DatasetSplits, build_datasets
-from reco_lightning.data.views import eval_view, strong_view, weak_view
+from .datamodule import LabelledDataset, MultiViewDataset, SSLDataModule
+from .datasets import DATASET_CHOICES, DatasetSplits, build_datasets
+from .views import eval_view, strong_view, weak_view
 
 __all__ = [
-    "DATASET_CHOICES", "DatasetSplits", "LabelledDataset", "MultiViewDataset", "SSLDataModule",
-    "build_datasets", "eval_view", "strong_view", "weak_view",
+    "DATASET_CHOICES",
+    "DatasetSplits",
+    "LabelledDataset",
+    "MultiViewDataset",
+    "SSLDataModule",
+    "build_datasets",
+    "eval_view",
+    "strong_view",
+    "weak_view",
 ]

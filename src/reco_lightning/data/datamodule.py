@@ -22,11 +22,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from reco_lightning.data.datasets import DatasetSplits, _positive_int, build_datasets
-from reco_lightning.data import views as _views
-from reco_lightning.data.device_views import DeviceViews
-from reco_lightning.data.samplers import EvalSampler, TrainSampler
-from reco_lightning.errors import ConfigError
+from ..errors import ConfigError
+from . import views as _views
+from .datasets import DatasetSplits, _positive_int, build_datasets
+from .device_views import DeviceViews
+from .samplers import EvalSampler, TrainSampler
 
 
 class MultiViewDataset(Dataset):
@@ -92,7 +92,14 @@ class InMemoryImages(Dataset):
                 f"{image_size} px ({needed / 1024**3:.1f} GiB, more than {self.MAX_BYTES / 1024**3:.0f}): "
                 "use it for CIFAR-size data, or set dataset.augment_on=cpu"
             )
-        decode = v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+        decode = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RGB(),
+                v2.Resize(image_size, antialias=True),
+                v2.CenterCrop(image_size),
+            ]
+        )
         self.images = torch.empty(count, 3, image_size, image_size, dtype=torch.uint8)
         labels = []
         for index in range(count):
@@ -188,12 +195,18 @@ class SSLDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.batch_size = _positive_int(
-            batch_size, "dataset.batch_size", "set dataset.batch_size to the per-device batch, e.g. 128"
+            batch_size,
+            "dataset.batch_size",
+            "set dataset.batch_size to the per-device batch, e.g. 128",
         )
-        eval_hint = "set dataset.eval_batch_size to a positive number or null to reuse dataset.batch_size"
+        eval_hint = (
+            "set dataset.eval_batch_size to a positive number or null to reuse dataset.batch_size"
+        )
         self.eval_batch_size = self.batch_size
         if eval_batch_size is not None:
-            self.eval_batch_size = _positive_int(eval_batch_size, "dataset.eval_batch_size", eval_hint)
+            self.eval_batch_size = _positive_int(
+                eval_batch_size, "dataset.eval_batch_size", eval_hint
+            )
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(
                 f"dataset.num_workers={num_workers!r} is negative or not an integer: set "
@@ -245,7 +258,9 @@ class SSLDataModule(L.LightningDataModule):
         return images * 3 * self.image_size * self.image_size * 4 <= EVAL_CACHE_BYTES
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, sampler: Sampler, train: bool
+    ) -> DataLoader:
         return (PositionedDataLoader if train else DataLoader)(
             dataset,
             batch_size=batch_size,
@@ -266,7 +281,9 @@ class SSLDataModule(L.LightningDataModule):
             # the batch's draws follow from its images' seeds, not from the global RNG: a run
             # resumed mid-epoch then draws the same views as one that was never interrupted
             seed = int(batch["seed"][0]) if "seed" in batch else None
-            views = self.device_views.to(batch["images"].device)(batch["images"], weak=self.use_weak_view, seed=seed)
+            views = self.device_views.to(batch["images"].device)(
+                batch["images"], weak=self.use_weak_view, seed=seed
+            )
             return {**views, "label": batch["label"]}
         return batch
 
@@ -305,7 +322,9 @@ class SSLDataModule(L.LightningDataModule):
                 self._in_memory = InMemoryImages(self.splits.train, self.image_size)
             dataset = self._in_memory
         else:
-            dataset = MultiViewDataset(self.splits.train, self.strong_transform, self.weak_transform)
+            dataset = MultiViewDataset(
+                self.splits.train, self.strong_transform, self.weak_transform
+            )
         sampler = TrainSampler(self.train_size, self.batch_size, seed=int(self.hparams.seed))
         if self._resume_point is not None:
             epoch, batches_done = self._resume_point
@@ -323,11 +342,15 @@ class SSLDataModule(L.LightningDataModule):
         dataset: Dataset = MultiViewDataset(self.splits.val, self.strong_transform)
         fixed = [(index, 1_000_000_007 + index) for index in range(count)]
         if not self._fits_eval_cache(2 * count):
-            return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=fixed, num_workers=0)
+            return DataLoader(
+                dataset, batch_size=self.eval_batch_size, sampler=fixed, num_workers=0
+            )
         key = f"alignment-{count}"
         if key not in self._eval_cache:
             self._eval_cache[key] = MaterialisedDataset(dataset, fixed)
-        return DataLoader(self._eval_cache[key], batch_size=self.eval_batch_size, shuffle=False, num_workers=0)
+        return DataLoader(
+            self._eval_cache[key], batch_size=self.eval_batch_size, shuffle=False, num_workers=0
+        )
 
     def _eval_dataset(self, name: str, split: Dataset) -> Dataset:
         """``split`` through the eval view; made once and kept when it fits the cache."""
@@ -341,7 +364,12 @@ class SSLDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """``[train split (kNN memory bank), val split (kNN queries)]``, both eval view."""
         return [
-            self._loader(self._eval_dataset(name, split), self.eval_batch_size, EvalSampler(len(split)), train=False)
+            self._loader(
+                self._eval_dataset(name, split),
+                self.eval_batch_size,
+                EvalSampler(len(split)),
+                train=False,
+            )
             for name, split in (("train", self.splits.train), ("val", self.splits.val))
         ]
 

@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 
-from reco_lightning.errors import ConfigError, ImageLoadError
-from reco_lightning.utils.distributed import global_rank_from_environment
+from ..errors import ConfigError, ImageLoadError
+from ..utils.distributed import global_rank_from_environment
 
 DATASET_CHOICES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
 
@@ -121,7 +121,9 @@ def _upsample_digits(raw: np.ndarray, image_size: int) -> np.ndarray:
     """
     images = torch.from_numpy(raw.astype(np.float32) * (255.0 / 16.0)).view(-1, 1, 8, 8)
     if image_size != 8:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", align_corners=False
+        )
     return images.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
 
 
@@ -176,13 +178,23 @@ def _torchvision_split(name: str, root: str, download: bool, factory: Any, **kwa
         ) from err
 
 
-def _build_torchvision(name: str, root: str | None, image_size: int | None, download: bool) -> DatasetSplits:
+def _build_torchvision(
+    name: str, root: str | None, image_size: int | None, download: bool
+) -> DatasetSplits:
     root = "data" if root is None else str(root)
     # STL-10 uses its labelled "train" split (5,000 images) so kNN/linear monitoring has labels;
     # the 100k "unlabeled" split would suit pre-training but is not used by default.
     factory, train_kw, val_kw, num_classes, default_size, mean, std = {
         "cifar10": (CIFAR10, {"train": True}, {"train": False}, 10, 32, CIFAR10_MEAN, CIFAR10_STD),
-        "cifar100": (CIFAR100, {"train": True}, {"train": False}, 100, 32, CIFAR100_MEAN, CIFAR100_STD),
+        "cifar100": (
+            CIFAR100,
+            {"train": True},
+            {"train": False},
+            100,
+            32,
+            CIFAR100_MEAN,
+            CIFAR100_STD,
+        ),
         "stl10": (STL10, {"split": "train"}, {"split": "test"}, 10, 96, STL10_MEAN, STL10_STD),
     }[name]
     train = _torchvision_split(name, root, download, factory, **train_kw)
@@ -300,7 +312,9 @@ def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplit
         raise ConfigError(f"dataset.root='{root}' has no train/ subfolder: {layout}")
     eval_dir = next((base / s for s in ("val", "test") if (base / s).is_dir()), None)
     if eval_dir is None:
-        raise ConfigError(f"dataset.root='{root}' has neither a val/ nor a test/ subfolder: {layout}")
+        raise ConfigError(
+            f"dataset.root='{root}' has neither a val/ nor a test/ subfolder: {layout}"
+        )
 
     def load(folder: Path, class_to_idx: dict[str, int] | None = None) -> ImageFolderSplit:
         try:
@@ -322,7 +336,9 @@ def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplit
         size = _check_image_size(image_size)  # the user's choice: no file is read
     # ImageNet statistics always: user folders have no published statistics and scanning
     # them would slow start-up; normalisation only needs to be roughly right.
-    return DatasetSplits(train, val, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, "imagefolder")
+    return DatasetSplits(
+        train, val, len(train.classes), size, IMAGENET_MEAN, IMAGENET_STD, "imagefolder"
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -369,6 +385,11 @@ def build_datasets(
 
 
 __all__ = [
-    "DATASET_CHOICES", "DatasetSplits", "DigitsDataset", "ImageFolderSplit", "build_datasets",
-    "infer_image_size", "load_rgb_image",
+    "DATASET_CHOICES",
+    "DatasetSplits",
+    "DigitsDataset",
+    "ImageFolderSplit",
+    "build_datasets",
+    "infer_image_size",
+    "load_rgb_image",
 ]

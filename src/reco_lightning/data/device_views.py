@@ -47,15 +47,21 @@ class DeviceViews(nn.Module):
             K.RandomGrayscale(p=0.2),
         ]
         if image_size >= BLUR_MIN_SIZE:
-            strong.append(K.RandomGaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0), p=0.5))
+            strong.append(
+                K.RandomGaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0), p=0.5)
+            )
         weak: list[nn.Module] = [K.RandomResizedCrop(size, **crop)]
         if horizontal_flip:
             strong.append(K.RandomHorizontalFlip())
             weak.append(K.RandomHorizontalFlip())
         self.strong = nn.Sequential(*strong)
         self.weak = nn.Sequential(*weak)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
 
     def _normalise(self, images: Tensor) -> Tensor:
         return (images - self.mean.to(images.device)) / self.std.to(images.device)
@@ -80,7 +86,9 @@ class DeviceViews(nn.Module):
             torch.manual_seed(seed)
             return self._views(images, num_strong, weak)
 
-    def _views(self, images: Tensor, num_strong: int, weak: bool) -> dict[str, Tensor | list[Tensor]]:
+    def _views(
+        self, images: Tensor, num_strong: int, weak: bool
+    ) -> dict[str, Tensor | list[Tensor]]:
         pixels = images.float().div_(255)
         views: dict[str, Tensor | list[Tensor]] = {
             "strong": [self._normalise(self.strong(pixels)) for _ in range(num_strong)]

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-from reco_lightning.data.datasets import _positive_int
-from reco_lightning.errors import ConfigError
+from ..errors import ConfigError
+from .datasets import _positive_int
 
 #: Below this size blur is skipped: on 32 px CIFAR-like images a blur kernel of a few
 #: pixels wipes out most of the detail, and the MoCo v2 / SimCLR CIFAR recipes omit it.
@@ -45,7 +45,9 @@ def _check_scale(crop_scale: Sequence[float]) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in crop_scale)
     except (TypeError, ValueError):
-        raise ConfigError(f"dataset.crop_scale={crop_scale!r} is not a pair of numbers: {fix}") from None
+        raise ConfigError(
+            f"dataset.crop_scale={crop_scale!r} is not a pair of numbers: {fix}"
+        ) from None
     if not 0.0 < low <= high <= 1.0:
         raise ConfigError(f"dataset.crop_scale={crop_scale!r} is out of range: {fix}")
     return low, high
@@ -67,12 +69,18 @@ def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
 
 def _crop(image_size: int, crop_scale: Sequence[float]) -> v2.RandomResizedCrop:
     """The random crop that starts the strong and the weak view."""
-    return v2.RandomResizedCrop(_check_size(image_size), scale=_check_scale(crop_scale), antialias=True)
+    return v2.RandomResizedCrop(
+        _check_size(image_size), scale=_check_scale(crop_scale), antialias=True
+    )
 
 
-def _finish(steps: list[Any], horizontal_flip: bool, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+def _finish(
+    steps: list[Any], horizontal_flip: bool, mean: Sequence[float], std: Sequence[float]
+) -> v2.Compose:
     """The common end of the strong and the weak view: the optional flip, then tensors."""
-    return v2.Compose(steps + ([v2.RandomHorizontalFlip()] if horizontal_flip else []) + _to_tensor(mean, std))
+    return v2.Compose(
+        steps + ([v2.RandomHorizontalFlip()] if horizontal_flip else []) + _to_tensor(mean, std)
+    )
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -101,7 +109,9 @@ def strong_view(
         v2.RandomGrayscale(p=0.2),
     ]
     if image_size >= BLUR_MIN_SIZE:
-        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0))], p=0.5))
+        steps.append(
+            v2.RandomApply([v2.GaussianBlur(blur_kernel_size(image_size), sigma=(0.1, 2.0))], p=0.5)
+        )
     return _finish(steps, horizontal_flip, mean, std)
 
 
@@ -116,11 +126,20 @@ def weak_view(
     return _finish([_crop(image_size, crop_scale)], horizontal_flip, mean, std)
 
 
-def eval_view(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Any], torch.Tensor]:
+def eval_view(
+    image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> Callable[[Any], torch.Tensor]:
     """Deterministic view for evaluation: resize the shorter side, centre crop, normalise."""
     size = _check_size(image_size)
     steps: list[Any] = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
     return v2.Compose(steps + _to_tensor(mean, std))
 
 
-__all__ = ["BLUR_MIN_SIZE", "DEFAULT_CROP_SCALE", "blur_kernel_size", "eval_view", "strong_view", "weak_view"]
+__all__ = [
+    "BLUR_MIN_SIZE",
+    "DEFAULT_CROP_SCALE",
+    "blur_kernel_size",
+    "eval_view",
+    "strong_view",
+    "weak_view",
+]

@@ -9,7 +9,11 @@ from torch.utils.data import DataLoader
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, loader: DataLoader, device: torch.device, desc: str = "features", progress: bool = True
+    backbone: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """``(features, labels)`` of every ``(image, label)`` batch of ``loader``, on ``device``."""
     backbone.eval().to(device)

@@ -37,7 +37,9 @@ class LinearProtocol:
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
-            raise ConfigError(f"linear.epochs={self.epochs} and linear.batch_size={self.batch_size} must be positive")
+            raise ConfigError(
+                f"linear.epochs={self.epochs} and linear.batch_size={self.batch_size} must be positive"
+            )
         if self.lr <= 0:
             raise ConfigError(f"linear.lr={self.lr} must be positive, e.g. 0.1")
 
@@ -48,9 +50,15 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
 
 
-def linear_evaluation(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
-                      test_labels: Tensor, num_classes: int, protocol: LinearProtocol | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+def linear_evaluation(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    protocol: LinearProtocol | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train a linear classifier on ``train_features``; top-1/top-5 on ``test_features``."""
     protocol = protocol or LinearProtocol()
     generator = torch.Generator().manual_seed(protocol.seed)
@@ -61,17 +69,25 @@ def linear_evaluation(train_features: Tensor, train_labels: Tensor, test_feature
     torch.manual_seed(protocol.seed)
     classifier = nn.Linear(train_features.shape[1], num_classes).to(train_features.device)
     lr = protocol.lr * protocol.batch_size / 256
-    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=protocol.momentum,
-                                weight_decay=protocol.weight_decay)
+    optimizer = torch.optim.SGD(
+        classifier.parameters(),
+        lr=lr,
+        momentum=protocol.momentum,
+        weight_decay=protocol.weight_decay,
+    )
     steps_per_epoch = math.ceil(train_features.shape[0] / protocol.batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=protocol.epochs * steps_per_epoch
+    )
     epochs = range(protocol.epochs)
     if progress:
         from tqdm.auto import tqdm
 
         epochs = tqdm(epochs, desc="linear evaluation", unit="epoch", leave=False)
     for _ in epochs:
-        order = torch.randperm(train_features.shape[0], generator=generator).to(train_features.device)
+        order = torch.randperm(train_features.shape[0], generator=generator).to(
+            train_features.device
+        )
         for start in range(0, order.shape[0], protocol.batch_size):
             rows = order[start : start + protocol.batch_size]
             loss = F.cross_entropy(classifier(train_features[rows]), train_labels[rows])
@@ -86,7 +102,8 @@ def linear_evaluation(train_features: Tensor, train_labels: Tensor, test_feature
         "top1": topk_accuracy(logits, test_labels, 1),
         "top5": topk_accuracy(logits, test_labels, 5),
         "train_top1": topk_accuracy(train_logits, train_labels, 1),
-        "protocol": asdict(protocol) | {"lr_scaled": lr, "optimizer": "sgd", "schedule": "cosine, per step"},
+        "protocol": asdict(protocol)
+        | {"lr_scaled": lr, "optimizer": "sgd", "schedule": "cosine, per step"},
     }
 
 

@@ -35,7 +35,9 @@ def embed_2d(features: Tensor, method: str = "tsne", seed: int = 0) -> Tensor:
         except ModuleNotFoundError:
             method = "tsne"
         else:
-            return torch.from_numpy(umap.UMAP(random_state=seed, metric="cosine").fit_transform(points))
+            return torch.from_numpy(
+                umap.UMAP(random_state=seed, metric="cosine").fit_transform(points)
+            )
     if method != "tsne":
         from ..errors import ConfigError
 
@@ -43,15 +45,27 @@ def embed_2d(features: Tensor, method: str = "tsne", seed: int = 0) -> Tensor:
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30, max(5, (points.shape[0] - 1) // 4)))
-    coordinates = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(points)
+    coordinates = TSNE(
+        n_components=2, init="pca", perplexity=perplexity, random_state=seed
+    ).fit_transform(points)
     return torch.from_numpy(coordinates)
 
 
-def feature_map(features: Tensor, labels: Tensor, path: Path, title: str, method: str = "tsne",
-                max_points: int = 2000, class_names: list[str] | None = None, seed: int = 0) -> Path:
+def feature_map(
+    features: Tensor,
+    labels: Tensor,
+    path: Path,
+    title: str,
+    method: str = "tsne",
+    max_points: int = 2000,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
     """Scatter plot of a 2-D embedding of ``features`` coloured by ``labels``."""
     if features.shape[0] > max_points:
-        keep = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        keep = torch.randperm(features.shape[0], generator=torch.Generator().manual_seed(seed))[
+            :max_points
+        ]
         features, labels = features[keep.to(features.device)], labels[keep.to(labels.device)]
     coordinates = embed_2d(features, method, seed)
     labels = labels.cpu()
@@ -62,7 +76,13 @@ def feature_map(features: Tensor, labels: Tensor, path: Path, title: str, method
     for i, cls in enumerate(classes):
         rows = labels == cls
         name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
-        axes.scatter(coordinates[rows, 0], coordinates[rows, 1], s=4, color=colours(i % colours.N), label=name)
+        axes.scatter(
+            coordinates[rows, 0],
+            coordinates[rows, 1],
+            s=4,
+            color=colours(i % colours.N),
+            label=name,
+        )
     axes.set(xticks=[], yticks=[])
     axes.set_title(title, fontsize=9)
     if len(classes) <= 20:
@@ -87,7 +107,9 @@ def read_epoch_curves(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
             epoch = row.get("epoch")
             if epoch in (None, ""):
                 continue
-            trained = trained or any(k.startswith("train/") and v not in (None, "") for k, v in row.items())
+            trained = trained or any(
+                k.startswith("train/") and v not in (None, "") for k, v in row.items()
+            )
             x = int(float(epoch)) + 1 if trained else 0
             for key, value in row.items():
                 if value in (None, "") or key in ("epoch", "step"):
@@ -105,17 +127,32 @@ def training_curves(metrics_csv: Path, path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     panels = (  # axes, curves, scale, x and y labels
-        (losses, ("train/loss", "train/loss_method", "train/loss_global", "train/loss_local"), 1,
-         "epochs trained", "loss"),
-        (accuracy, ("val/knn_acc", "val/linear_acc"), 100,
-         "epochs trained (0 = random initialisation)", "accuracy (%)"),
+        (
+            losses,
+            ("train/loss", "train/loss_method", "train/loss_global", "train/loss_local"),
+            1,
+            "epochs trained",
+            "loss",
+        ),
+        (
+            accuracy,
+            ("val/knn_acc", "val/linear_acc"),
+            100,
+            "epochs trained (0 = random initialisation)",
+            "accuracy (%)",
+        ),
     )
     for axes, keys, scale, xlabel, ylabel in panels:
         for key in keys:
             if key in curves:
                 epochs, values = zip(*curves[key])
-                axes.plot(epochs, [scale * v for v in values], marker="o", markersize=2,
-                          label=key.split("/", 1)[1])
+                axes.plot(
+                    epochs,
+                    [scale * v for v in values],
+                    marker="o",
+                    markersize=2,
+                    label=key.split("/", 1)[1],
+                )
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         axes.legend(fontsize=7)

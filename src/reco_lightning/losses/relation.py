@@ -8,7 +8,11 @@ from torch import Tensor
 
 
 def global_relation_loss(
-    student: Tensor, teacher: Tensor, bank: Tensor, tau_student: float = 0.1, tau_teacher: float = 0.04
+    student: Tensor,
+    teacher: Tensor,
+    bank: Tensor,
+    tau_student: float = 0.1,
+    tau_teacher: float = 0.04,
 ) -> Tensor:
     """Cross-entropy from the teacher's to the student's similarity distribution over a bank.
 
@@ -37,7 +41,11 @@ def interpolation_target(q1: Tensor, k2_permuted: Tensor, lam: float) -> Tensor:
 
 
 def local_interpolation_loss(
-    mixed: Tensor, target: Tensor, negatives: Tensor, temperature: float, exclude: Tensor | None = None
+    mixed: Tensor,
+    target: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE of the mixed image's embedding against its interpolation target and negatives.
 

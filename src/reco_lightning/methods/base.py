@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from ..reco.teacher import trainable_children
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
 from ..utils.rng import rng_states, set_rng_states
-
 
 #: validation samples the per-epoch relation diagnostics use (pairwise cost grows as n^2)
 DIAGNOSTIC_SAMPLES = 5000
@@ -72,7 +70,8 @@ def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
     saved = set(checkpoint.get("hyper_parameters") or {})
     shared = accepted_arguments(SSLMethod)
     fits = [
-        name for name, cls in METHODS.items()
+        name
+        for name, cls in METHODS.items()
         if saved <= accepted_arguments(cls) and accepted_arguments(cls) - shared <= saved
     ]
     return fits[0] if len(fits) == 1 else None
@@ -81,11 +80,17 @@ def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
 def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
     """Whether ``checkpoint``'s weights hold a relation bank (every ReCo-on module has one):
     the weights say it even where ``load_from_checkpoint`` overrode the ``reco`` argument."""
-    return any(key.startswith(("reco.bank.", "relation_bank.")) for key in checkpoint.get("state_dict", {}))
+    return any(
+        key.startswith(("reco.bank.", "relation_bank.")) for key in checkpoint.get("state_dict", {})
+    )
 
 
 #: where checkpoints written before ReCo became one module kept its state, and where it is now
-LEGACY_RECO_KEYS = {"relation_bank.": "reco.bank.", "reco_negatives.": "reco.negatives.", "reco_teacher.": "reco.teacher."}
+LEGACY_RECO_KEYS = {
+    "relation_bank.": "reco.bank.",
+    "reco_negatives.": "reco.negatives.",
+    "reco_teacher.": "reco.teacher.",
+}
 
 
 def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
@@ -93,7 +98,7 @@ def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
     for key in list(state_dict):
         for old, new in LEGACY_RECO_KEYS.items():
             if key.startswith(old):
-                state_dict[new + key[len(old):]] = state_dict.pop(key)
+                state_dict[new + key[len(old) :]] = state_dict.pop(key)
 
 
 def _describe(method: str | None, reco: bool) -> str:
@@ -190,11 +195,19 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if num_classes < 2:
-            raise ConfigError(f"num_classes={num_classes}: the validation data needs at least two classes")
+            raise ConfigError(
+                f"num_classes={num_classes}: the validation data needs at least two classes"
+            )
         positive("knn.k", knn_k), positive("knn.temperature", knn_temperature)
-        if isinstance(term_grad_steps, bool) or not isinstance(term_grad_steps, int) or term_grad_steps < 0:
-            raise ConfigError(f"diagnostics.term_grad_steps={term_grad_steps!r} must be a whole number >= 0 "
-                              "(steps per epoch that measure each term's gradient; 0 = off)")
+        if (
+            isinstance(term_grad_steps, bool)
+            or not isinstance(term_grad_steps, int)
+            or term_grad_steps < 0
+        ):
+            raise ConfigError(
+                f"diagnostics.term_grad_steps={term_grad_steps!r} must be a whole number >= 0 "
+                "(steps per epoch that measure each term's gradient; 0 = off)"
+            )
         self.backbone, self.feature_dim = build_backbone(
             backbone, backbone_width, small_stem, zero_init_residual
         )
@@ -213,7 +226,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         last in ``__init__``, when the networks that ReCo's EMA teacher may copy exist.
         ``options`` go to :class:`~reco_lightning.reco.ReCo`; the method's temperature,
         momentum schedule, mixing and trained children (all but the probe) are the defaults."""
-        options.setdefault("teacher_modules", trainable_children(self, lambda name: name == "classifier"))
+        options.setdefault(
+            "teacher_modules", trainable_children(self, lambda name: name == "classifier")
+        )
         options.setdefault("temperature", self.temperature)
         options.setdefault("momentum_schedule", self.momentum_schedule)
         options.setdefault("mix", self.reco_mix)
@@ -235,14 +250,18 @@ class SSLMethod(ReCoMixin, L.LightningModule):
 
     def current_momentum(self) -> float:
         """The targets' momentum at this step, on the method's schedule."""
-        return scheduled_momentum(self.base_momentum, self.momentum_schedule, self.global_step, self.total_steps)
+        return scheduled_momentum(
+            self.base_momentum, self.momentum_schedule, self.global_step, self.total_steps
+        )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The EMA update of every momentum pair, once per optimizer step (with
         ``accumulate_grad_batches=N``, after every N-th micro-batch). ReCo's own teacher
         moves inside ReCo's call."""
         pairs = self.momentum_pairs()
-        if pairs and self.momentum_gate.due(self.global_step if self._trainer is not None else None):
+        if pairs and self.momentum_gate.due(
+            self.global_step if self._trainer is not None else None
+        ):
             momentum = self.current_momentum()
             for online, target in pairs:
                 ema_update(target, online, momentum)
@@ -262,7 +281,10 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         networks were copied: a deep copy of a compiled module calls the original's forward."""
         for name in ("backbone", "target_backbone"):
             module = getattr(self, name, None)
-            if isinstance(module, nn.Module) and getattr(module, "_compiled_call_impl", None) is None:
+            if (
+                isinstance(module, nn.Module)
+                and getattr(module, "_compiled_call_impl", None) is None
+            ):
                 module.compile()
 
     def _memory_format(self, images: Tensor) -> Tensor:
@@ -278,11 +300,18 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             views["weak"] = self._memory_format(batch["weak"])
         output = self.method_step(view1, view2)
         loss = output.loss
-        self.log("train/loss_method", output.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.log(
+            "train/loss_method", output.loss.detach(), on_step=True, on_epoch=True, prog_bar=True
+        )
         terms = {"train/loss_method": output.loss}
         if self.reco is not None:  # the path a user module takes: ReCoMixin's
-            reco = self.reco_terms(views, q1=output.q1, k2=output.k2, negatives=output.negatives,
-                                   method_loss=output.loss)
+            reco = self.reco_terms(
+                views,
+                q1=output.q1,
+                k2=output.k2,
+                negatives=output.negatives,
+                method_loss=output.loss,
+            )
             loss = loss + reco.weighted
             terms.update({"train/loss_global": reco.global_, "train/loss_local": reco.local})
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True)
@@ -319,8 +348,12 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             norms[name] = torch.zeros((), device=self.device)
             if term is not None and term.requires_grad:
                 grads = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
-                norms[name] = torch.sqrt(sum((g.float().pow(2).sum() for g in grads if g is not None),
-                                             torch.zeros((), device=self.device)))
+                norms[name] = torch.sqrt(
+                    sum(
+                        (g.float().pow(2).sum() for g in grads if g is not None),
+                        torch.zeros((), device=self.device),
+                    )
+                )
         total = sum(norms.values()).clamp_min(1e-12)
         for name, norm in norms.items():
             self.log(f"train/grad_norm_{name}", norm, on_step=False, on_epoch=True)
@@ -337,8 +370,11 @@ class SSLMethod(ReCoMixin, L.LightningModule):
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if bool(finite):
             return
-        bad = [f"{name} = {float(value.detach()):g}" for name, value in terms.items()
-               if value is not None and not torch.isfinite(value.detach())]
+        bad = [
+            f"{name} = {float(value.detach()):g}"
+            for name, value in terms.items()
+            if value is not None and not torch.isfinite(value.detach())
+        ]
         where = ", ".join(bad) or "a term on another rank"
         fixes = "lower optimizer.lr, raise optimizer.warmup_epochs or try trainer.precision=32-true"
         last = self._last_checkpoint()
@@ -363,15 +399,27 @@ class SSLMethod(ReCoMixin, L.LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups of everything but the online probe: weights, and
         biases/norm parameters (no decay, no LARS). BYOL overrides it for its predictor."""
-        trained = nn.ModuleDict({name: m for name, m in self.named_children() if name != "classifier"})
+        trained = nn.ModuleDict(
+            {name: m for name, m in self.named_children() if name != "classifier"}
+        )
         return split_decay_groups(trained)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.parameter_groups()
-        groups.append({"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr,
-                       "weight_decay": 0.0, "lars_exclude": True})
+        groups.append(
+            {
+                "params": list(self.classifier.parameters()),
+                "lr": self.hparams.classifier_lr,
+                "weight_decay": 0.0,
+                "lars_exclude": True,
+            }
+        )
         optimizer = build_optimizer(
-            self.hparams.optimizer, groups, self.hparams.lr, self.hparams.weight_decay, self.hparams.sgd_momentum,
+            self.hparams.optimizer,
+            groups,
+            self.hparams.lr,
+            self.hparams.weight_decay,
+            self.hparams.sgd_momentum,
             kernel=self.hparams.get("optimizer_kernel", "auto"),
         )
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
@@ -380,7 +428,10 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     @property
     def total_steps(self) -> int:
@@ -389,7 +440,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         return 0 if self._trainer is None else max(int(self.trainer.estimated_stepping_batches), 1)
 
     # -- validation: online probe and kNN monitor -----------------------------------------
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         images, labels = batch
         images = self._memory_format(images)
         features = self.backbone(images).float()
@@ -407,7 +460,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         result = monitor.compute()  # gathered from every rank
         monitor.reset()
         self.log("val/knn_acc", result.accuracy.item(), prog_bar=True)
-        for name, value in self._relation_diagnostics(result.query_features, result.query_labels).items():
+        for name, value in self._relation_diagnostics(
+            result.query_features, result.query_labels
+        ).items():
             self.log(f"val/{name.replace('@', '_at_')}", value)
 
     def _relation_diagnostics(self, features: Tensor, labels: Tensor) -> dict[str, float]:

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import fraction, positive
+from ..losses.instance import byol_loss
 from ..models import mlp_head
 from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
-from ..losses.instance import byol_loss
 
 
 class BYOL(SSLMethod):
@@ -59,7 +59,9 @@ class BYOL(SSLMethod):
         """The base class's groups, the predictor's apart when its learning rate is scaled."""
         if self.predictor_lr_scale == 1.0:
             return super().parameter_groups()
-        rest = nn.ModuleDict({n: m for n, m in self.named_children() if n not in ("classifier", "predictor")})
+        rest = nn.ModuleDict(
+            {n: m for n, m in self.named_children() if n not in ("classifier", "predictor")}
+        )
         groups = split_decay_groups(rest)
         for group in split_decay_groups(self.predictor):
             groups.append({**group, "lr": self.hparams.lr * self.predictor_lr_scale})

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, fraction, positive
+from ..losses.instance import info_nce_loss
 from ..models import mlp_head
 from ..reco.queue import FeatureQueue
 from ..utils.momentum import make_target
 from .base import MethodOutput, SSLMethod
-from ..losses.instance import info_nce_loss
 
 
 class MoCo(SSLMethod):
@@ -53,13 +53,17 @@ class MoCo(SSLMethod):
     ) -> None:
         super().__init__(**kwargs)
         if momentum_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"method.momentum_schedule={momentum_schedule!r}: choose 'constant' or 'cosine'")
+            raise ConfigError(
+                f"method.momentum_schedule={momentum_schedule!r}: choose 'constant' or 'cosine'"
+            )
         self.temperature = positive("method.temperature", temperature)
         self.base_momentum = fraction("method.momentum", momentum)
         self.momentum_schedule = momentum_schedule
         self.symmetric = symmetric
         self.embedding_dim = proj_output_dim
-        self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim, output_bn=proj_output_bn)
+        self.projector = mlp_head(
+            self.feature_dim, proj_hidden_dim, proj_output_dim, output_bn=proj_output_bn
+        )
         self.target_backbone = make_target(self.backbone)
         self.target_projector = make_target(self.projector)
         self.queue = FeatureQueue(queue_size, proj_output_dim, name="method.queue_size")

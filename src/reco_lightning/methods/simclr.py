@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import positive
+from ..losses.instance import nt_xent_loss
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
-from ..losses.instance import nt_xent_loss
 
 
 class SimCLR(SSLMethod):

@@ -39,7 +39,9 @@ class SimSiam(SSLMethod):
         super().__init__(**kwargs)
         self.temperature = positive("method.temperature", temperature)
         self.embedding_dim = proj_output_dim
-        self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=3, output_bn=True)
+        self.projector = mlp_head(
+            self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=3, output_bn=True
+        )
         self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)
         self.reco = self.make_reco(proj_output_dim)
 

@@ -34,7 +34,9 @@ def neighbour_purity(features: Tensor, labels: Tensor, k: int, chunk_size: int =
         rows = torch.arange(similarity.shape[0], device=features.device)
         similarity[rows, rows + start] = float("-inf")  # not one's own neighbour
         neighbours = similarity.topk(k, dim=1).indices
-        total += (labels[neighbours] == labels[start : start + chunk_size, None]).float().sum().item()
+        total += (
+            (labels[neighbours] == labels[start : start + chunk_size, None]).float().sum().item()
+        )
     return total / (n * k)
 
 
@@ -88,8 +90,9 @@ def uniformity(features: Tensor, t: float = 2.0, chunk_size: int = 1024) -> floa
 
 
 @torch.no_grad()
-def view_pair_features(network: Callable[[Tensor], Tensor], batches: Iterable[Any],
-                       device: torch.device) -> tuple[Tensor, Tensor]:
+def view_pair_features(
+    network: Callable[[Tensor], Tensor], batches: Iterable[Any], device: torch.device
+) -> tuple[Tensor, Tensor]:
     """``network``'s float features of the two strong views of each batch
     (``{"strong": [v1, v2]}``): the input of :func:`alignment`."""
     pairs = [[network(view.to(device)).float() for view in batch["strong"]] for batch in batches]

@@ -54,7 +54,9 @@ def knn_accuracy(
     temperature: float = 0.1,
 ) -> float:
     """Top-1 accuracy (0..1) of the class with most votes (:func:`weighted_knn_scores`)."""
-    scores = weighted_knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
+    scores = weighted_knn_scores(
+        train_features, train_labels, test_features, num_classes, k, temperature
+    )
     return (scores.argmax(1) == test_labels).float().mean().item()
 
 
@@ -75,7 +77,9 @@ class KNNMonitor(Metric):
 
     full_state_update = False
 
-    def __init__(self, num_classes: int, k: int = 200, temperature: float = 0.1, **kwargs: object) -> None:
+    def __init__(
+        self, num_classes: int, k: int = 200, temperature: float = 0.1, **kwargs: object
+    ) -> None:
         super().__init__(**kwargs)
         self.num_classes, self.k, self.temperature = num_classes, k, temperature
         for name in ("bank_features", "bank_labels", "query_features", "query_labels"):
@@ -90,7 +94,9 @@ class KNNMonitor(Metric):
         bank_x, bank_y = dim_zero_cat(self.bank_features), dim_zero_cat(self.bank_labels)
         query_x, query_y = dim_zero_cat(self.query_features), dim_zero_cat(self.query_labels)
         accuracy = torch.tensor(
-            knn_accuracy(bank_x, bank_y, query_x, query_y, self.num_classes, self.k, self.temperature)
+            knn_accuracy(
+                bank_x, bank_y, query_x, query_y, self.num_classes, self.k, self.temperature
+            )
         )
         return KNNResult(accuracy, query_x, query_y)
 

@@ -59,7 +59,10 @@ def zero_init_residuals(net: nn.Module) -> None:
 
 
 def build_backbone(
-    name: str = "resnet18", width: int = 64, small_stem: bool = False, zero_init_residual: bool = False
+    name: str = "resnet18",
+    width: int = 64,
+    small_stem: bool = False,
+    zero_init_residual: bool = False,
 ) -> tuple[nn.Module, int]:
     """Return ``(backbone, feature_dim)``; the backbone maps images to pooled features.
 
@@ -76,7 +79,9 @@ def build_backbone(
             f"or timm/<model> for any timm model"
         )
     if width <= 0 or width % 4:
-        raise ConfigError(f"backbone.width={width} must be a positive multiple of 4 (64 = torchvision)")
+        raise ConfigError(
+            f"backbone.width={width} must be a positive multiple of 4 (64 = torchvision)"
+        )
     block, layers = RESNET_LAYOUTS[name]
     net = _WidthResNet(block, layers, width)
     feature_dim = width * 8 * block.expansion  # type: ignore[attr-defined]
@@ -101,13 +106,19 @@ def timm_backbone(model: str) -> tuple[nn.Module, int]:
     >>> net, dim = timm_backbone("resnet10t")  # doctest: +SKIP
     """
     if importlib.util.find_spec("timm") is None:
-        raise ConfigError(f'backbone.name={TIMM_PREFIX}{model} needs timm: pip install "reco_lightning[timm]"')
+        raise ConfigError(
+            f'backbone.name={TIMM_PREFIX}{model} needs timm: pip install "reco_lightning[timm]"'
+        )
     import timm
 
     if not timm.is_model(model):
         close = difflib.get_close_matches(model, timm.list_models(), n=1)
-        hint = f"did you mean {TIMM_PREFIX}{close[0]}?" if close else "timm.list_models() lists them"
-        raise ConfigError(f"backbone.name={TIMM_PREFIX}{model}: timm has no model {model!r}: {hint}")
+        hint = (
+            f"did you mean {TIMM_PREFIX}{close[0]}?" if close else "timm.list_models() lists them"
+        )
+        raise ConfigError(
+            f"backbone.name={TIMM_PREFIX}{model}: timm has no model {model!r}: {hint}"
+        )
     net = timm.create_model(model, pretrained=False, num_classes=0)
     # forward's width: a pre-logits head (MobileNetV3's conv_head) exceeds the trunk's num_features
     return net, int(getattr(net, "head_hidden_size", None) or net.num_features)

@@ -20,7 +20,11 @@ def mlp_head(
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers - 1):
-        layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Linear(dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+        ]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=not output_bn))
     if output_bn:

@@ -65,20 +65,32 @@ class ReCoConfig:
         for name in ("tau_student", "tau_teacher", "alpha"):
             positive(f"reco.{name}", getattr(self, name))
         if self.tau_local is not None and self.tau_local <= 0:
-            raise ConfigError(f"reco.tau_local={self.tau_local} must be positive (or null for the method's)")
+            raise ConfigError(
+                f"reco.tau_local={self.tau_local} must be positive (or null for the method's)"
+            )
         for name in ("w_global", "w_local"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"reco.{name}={getattr(self, name)} must be >= 0")
         for name in ("bank_size", "negatives_size"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"reco.{name}={getattr(self, name)} must be a positive number of embeddings")
-        for name, choices in (("negatives", NEGATIVES), ("teacher", TEACHERS), ("mix", ["auto", *MIX_MODES]),
-                              ("scale", SCALES)):
+                raise ConfigError(
+                    f"reco.{name}={getattr(self, name)} must be a positive number of embeddings"
+                )
+        for name, choices in (
+            ("negatives", NEGATIVES),
+            ("teacher", TEACHERS),
+            ("mix", ["auto", *MIX_MODES]),
+            ("scale", SCALES),
+        ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}")
+                raise ConfigError(
+                    f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}"
+                )
         fraction("reco.teacher_momentum", self.teacher_momentum)
         if self.warmup_epochs < 0:
-            raise ConfigError(f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)")
+            raise ConfigError(
+                f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)"
+            )
 
     @classmethod
     def from_mapping(cls, settings: "ReCoConfig | Mapping[str, Any] | None") -> "ReCoConfig | None":
@@ -89,7 +101,9 @@ class ReCoConfig:
         if isinstance(settings, DictConfig):
             settings = OmegaConf.to_container(settings, resolve=True)  # type: ignore[assignment]
         if not isinstance(settings, Mapping):
-            raise TypeError(f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}")
+            raise TypeError(
+                f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}"
+            )
         settings = dict(settings)
         if not settings.pop("enabled", True):
             return None

@@ -127,7 +127,16 @@ class ReCoMixin:
                 f"network, set self.reco = ReCo(settings, embedding_dim, self)"
             )
         strong1, strong2, weak = split_views(views)
-        terms = reco(self, strong1, strong2, weak, q1=q1, k2=k2, negatives=negatives,  # type: ignore[arg-type]
-                     progress=training_progress(self), method_loss=method_loss)
+        terms = reco(
+            self,
+            strong1,
+            strong2,
+            weak,
+            q1=q1,
+            k2=k2,
+            negatives=negatives,  # type: ignore[arg-type]
+            progress=training_progress(self),
+            method_loss=method_loss,
+        )
         log_reco_terms(self, terms)
         return terms

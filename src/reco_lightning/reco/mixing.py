@@ -42,7 +42,9 @@ def cutmix_box(height: int, width: int, lam: float) -> tuple[int, int, int, int]
     return top, bottom, left, right
 
 
-def mix_views(first: Tensor, second: Tensor, mode: str = "cutmix", alpha: float = 1.0) -> MixedBatch:
+def mix_views(
+    first: Tensor, second: Tensor, mode: str = "cutmix", alpha: float = 1.0
+) -> MixedBatch:
     """Mix ``first`` with a random permutation of ``second`` (one ``lam`` and permutation per call).
 
     CutMix pastes a box of ``second[pi]`` into ``first`` and recomputes ``lam`` from the

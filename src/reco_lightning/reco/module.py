@@ -126,27 +126,41 @@ class ReCo(nn.Module):
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
         if checked is None:
-            raise ConfigError("ReCo was built with reco.enabled=false: build no ReCo module to turn it off")
+            raise ConfigError(
+                "ReCo was built with reco.enabled=false: build no ReCo module to turn it off"
+            )
         self.config = checked
         self.tau_local = checked.tau_local if checked.tau_local is not None else temperature
         self.mix = checked.mix if checked.mix != "auto" else mix
         if self.mix not in MIX_MODES:
-            raise ConfigError(f"ReCo(mix={mix!r}): the owner's mixing must be one of {list(MIX_MODES)}")
+            raise ConfigError(
+                f"ReCo(mix={mix!r}): the owner's mixing must be one of {list(MIX_MODES)}"
+            )
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
         self.borrows_negatives = borrows_negatives and checked.negatives == "queue"
         self.negatives: FeatureQueue | None = None
         if checked.negatives == "queue" and not borrows_negatives:
-            self.negatives = FeatureQueue(checked.negatives_size, embedding_dim, name="reco.negatives_size")
+            self.negatives = FeatureQueue(
+                checked.negatives_size, embedding_dim, name="reco.negatives_size"
+            )
         self.teacher_kind = self._resolve_teacher(checked.teacher, owner)
         self.teacher: EMATeacher | None = None
         if self.teacher_kind == "ema":
-            names = list(teacher_modules) if teacher_modules else trainable_children(owner, lambda n: n == "reco")
+            names = (
+                list(teacher_modules)
+                if teacher_modules
+                else trainable_children(owner, lambda n: n == "reco")
+            )
             self.teacher = EMATeacher(owner, names)
 
     @classmethod
     def from_settings(
-        cls, settings: ReCoConfig | Mapping[str, Any] | None, embedding_dim: int, owner: nn.Module, **options: Any
+        cls,
+        settings: ReCoConfig | Mapping[str, Any] | None,
+        embedding_dim: int,
+        owner: nn.Module,
+        **options: Any,
     ) -> ReCo | None:
         """A ReCo, or None when ``settings`` turn ReCo off (``None``, or ``enabled: false``
         as ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
@@ -174,7 +188,10 @@ class ReCo(nn.Module):
     def teacher_momentum(self, progress: TrainingProgress) -> float:
         """The momentum of ReCo's own teacher at ``progress``, on the owner's schedule."""
         return scheduled_momentum(
-            self.config.teacher_momentum, self.momentum_schedule, progress.step or 0, progress.total_steps
+            self.config.teacher_momentum,
+            self.momentum_schedule,
+            progress.step or 0,
+            progress.total_steps,
         )
 
     def teacher_embedding(self, owner: Embedder, images: Tensor) -> Tensor:
@@ -218,9 +235,11 @@ class ReCo(nn.Module):
         progress = progress or TrainingProgress()
         config = self.config
         if config.scale == "relative" and method_loss is None:
-            raise ConfigError("reco.scale=relative weighs the terms against the method's loss: pass "
-                              "method_loss= to the ReCo call (reco_loss(batch, method_loss=loss)), or use "
-                              "reco.scale=absolute")
+            raise ConfigError(
+                "reco.scale=relative weighs the terms against the method's loss: pass "
+                "method_loss= to the ReCo call (reco_loss(batch, method_loss=loss)), or use "
+                "reco.scale=absolute"
+            )
         if self.teacher is not None:
             self.teacher.update(owner, self.teacher_momentum(progress), progress.step)  # type: ignore[arg-type]
         w_global, w_local = self.weights(progress)
@@ -237,7 +256,9 @@ class ReCo(nn.Module):
         loss_global = loss_local = None
         bank = self.bank.filled().clone()
         if w_global > 0 and bank.shape[0] >= global_batch:
-            loss_global = global_relation_loss(q1, weak_keys, bank, config.tau_student, config.tau_teacher)
+            loss_global = global_relation_loss(
+                q1, weak_keys, bank, config.tau_student, config.tau_teacher
+            )
             w_global *= self._relative_scale(method_loss, loss_global)
             weighted = weighted + w_global * loss_global
 
@@ -249,7 +270,9 @@ class ReCo(nn.Module):
             target = interpolation_target(q1, k2[mixed.permutation], mixed.lam)
             mixed_embedding = F.normalize(owner.online_embedding(mixed.images), dim=1)
             mask = exclude(mixed.permutation) if exclude is not None else None
-            loss_local = local_interpolation_loss(mixed_embedding, target, scored, self.tau_local, mask)
+            loss_local = local_interpolation_loss(
+                mixed_embedding, target, scored, self.tau_local, mask
+            )
             w_local *= self._relative_scale(method_loss, loss_local)
             weighted = weighted + w_local * loss_local
 
@@ -286,7 +309,9 @@ class ReCo(nn.Module):
             return keys, exclude
         if self.borrows_negatives:
             if lent is None:
-                raise RuntimeError("this ReCo borrows its negatives: pass negatives= (the lent queue's written rows)")
+                raise RuntimeError(
+                    "this ReCo borrows its negatives: pass negatives= (the lent queue's written rows)"
+                )
             queued = lent
         else:
             assert self.negatives is not None

@@ -85,7 +85,9 @@ class EMATeacher(nn.Module):
         return functional_call(_Call(owner, method), state, (images,), strict=False)
 
 
-def trainable_children(owner: nn.Module, exclude: Callable[[str], bool] = lambda name: False) -> list[str]:
+def trainable_children(
+    owner: nn.Module, exclude: Callable[[str], bool] = lambda name: False
+) -> list[str]:
     """Names of ``owner``'s children with at least one trainable parameter (the default set
     of modules an EMA teacher copies)."""
     return [

@@ -33,7 +33,9 @@ class LARS(torch.optim.Optimizer):
         eta: float = 0.02,
         foreach: bool | None = None,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False
+        )
         super().__init__(params, defaults)
         self.foreach = foreach
 
@@ -57,7 +59,10 @@ class LARS(torch.optim.Optimizer):
             if not group["lars_exclude"]:
                 if group["weight_decay"]:
                     grad = grad.add(param, alpha=group["weight_decay"])
-                param_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
+                param_norm, grad_norm = (
+                    torch.linalg.vector_norm(param),
+                    torch.linalg.vector_norm(grad),
+                )
                 grad = grad.mul(_trust(param_norm, grad_norm, group["eta"]))
             state = self.state[param]
             if "momentum_buffer" not in state:
@@ -73,7 +78,9 @@ class LARS(torch.optim.Optimizer):
                 grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
             param_norms = torch.stack(torch._foreach_norm(params))
             grad_norms = torch.stack(torch._foreach_norm(grads))
-            grads = torch._foreach_mul(grads, list(_trust(param_norms, grad_norms, group["eta"]).unbind()))
+            grads = torch._foreach_mul(
+                grads, list(_trust(param_norms, grad_norms, group["eta"]).unbind())
+            )
         buffers, buffered_grads = [], []
         for param, grad in zip(params, grads):
             state = self.state[param]
@@ -85,7 +92,9 @@ class LARS(torch.optim.Optimizer):
         if buffers:
             torch._foreach_mul_(buffers, group["momentum"])
             torch._foreach_add_(buffers, buffered_grads)
-        torch._foreach_add_(params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"])
+        torch._foreach_add_(
+            params, [self.state[p]["momentum_buffer"] for p in params], alpha=-group["lr"]
+        )
 
 
 def _trust(param_norm: torch.Tensor, grad_norm: torch.Tensor, eta: float) -> torch.Tensor:
@@ -108,7 +117,12 @@ OPTIMIZER_KERNELS = ("auto", "loop", "foreach", "fused")
 
 
 def build_optimizer(
-    name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float = 0.9, kernel: str = "auto"
+    name: str,
+    groups: list[dict],
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    kernel: str = "auto",
 ) -> torch.optim.Optimizer:
     """``sgd`` or ``lars`` over ``groups`` (see :func:`split_decay_groups`).
 
@@ -121,7 +135,11 @@ def build_optimizer(
         foreach = {"auto": None, "loop": False, "foreach": True}[kernel]
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=foreach)
     clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
-    options = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}.get(kernel, {})
+    options = {
+        "loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+    }.get(kernel, {})
     return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay, **options)
 
 
@@ -130,14 +148,18 @@ def check_optimizer(name: str, kernel: str = "auto") -> None:
     if name not in ("sgd", "lars"):
         raise ConfigError(f"optimizer.name={name!r} is unknown: choose 'sgd' or 'lars'")
     if kernel not in OPTIMIZER_KERNELS:
-        raise ConfigError(f"optimizer.kernel={kernel!r} is unknown: choose one of {', '.join(OPTIMIZER_KERNELS)}")
+        raise ConfigError(
+            f"optimizer.kernel={kernel!r} is unknown: choose one of {', '.join(OPTIMIZER_KERNELS)}"
+        )
     if name == "lars" and kernel == "fused":
         raise ConfigError(
             "optimizer.kernel=fused exists only for optimizer.name=sgd: use optimizer.kernel=foreach with LARS"
         )
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float = 0.0) -> float:
+def warmup_cosine(
+    step: int, warmup_steps: int, total_steps: int, final_ratio: float = 0.0
+) -> float:
     """Learning-rate multiplier: linear warm-up to 1, then a half cosine down to ``final_ratio``."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps

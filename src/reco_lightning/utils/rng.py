@@ -28,7 +28,13 @@ def rng_states() -> dict[str, Any]:
 
 def _numpy_state() -> tuple:
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    return (str(kind), torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached))
+    return (
+        str(kind),
+        torch.from_numpy(keys.astype(np.int64)),
+        int(position),
+        int(has_gauss),
+        float(cached),
+    )
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
