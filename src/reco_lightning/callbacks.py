@@ -49,7 +49,8 @@ class CheckpointOnSignal(Callback):
             raise KeyboardInterrupt
         self.received = signum
         print(
-            f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after this step",
+            f"reco_lightning: received {signal.Signals(signum).name}; saving a checkpoint after "
+            "this step",
             file=sys.stderr,
             flush=True,
         )

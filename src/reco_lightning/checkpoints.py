@@ -64,8 +64,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             :120
         ]  # torch's first sentence is the gist
         raise ConfigError(
-            f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); it may "
-            f"have been truncated by an interrupted copy or write: use another checkpoint{_alternatives(path)}"
+            f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); "
+            "it may "
+            "have been truncated by an interrupted copy or write: use another "
+            f"checkpoint{_alternatives(path)}"
         ) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
@@ -75,7 +77,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             else (f"a {type(state).__name__}")
         )
         raise ConfigError(
-            f"checkpoint {path} holds {what}, not a reco_lightning training checkpoint: pass a .ckpt "
+            f"checkpoint {path} holds {what}, not a reco_lightning training checkpoint: pass a "
+            ".ckpt "
             f"that training wrote (RUN/checkpoints/last.ckpt or best-*.ckpt){_alternatives(path)}"
         )
     return state

@@ -13,7 +13,7 @@ usage: python -m reco_lightning +method=NAME [+reco=on|off] [group=option ...] [
 
 Self-supervised training with ReCo's relation terms (a Hydra application).
 
-  python -m reco_lightning +method=moco +reco=on                 # MoCo v2 + ReCo on the bundled digits
+  python -m reco_lightning +method=moco +reco=on               # MoCo v2 + ReCo on the digits
   python -m reco_lightning +method=simclr +reco=on dataset=imagefolder dataset.root=DIR
   python -m reco_lightning -m +method=moco,simclr +reco=on,off   # a multirun sweep
   python -m reco_lightning +method=moco --cfg job                # every key and its value
@@ -67,8 +67,10 @@ def help_text() -> str:
         lines += [f"    {p.stem:<{width}}  {summary(p)}".rstrip() for p in presets]
     lines += [
         "",
-        "Settings: seed, resume, pictures, backbone.*, optimizer.*, knn.*, diagnostics.*, trainer.*,",
-        "dataset.*, method.*, reco.*; `--cfg job` prints them with their values, README.md explains them.",
+        "Settings: seed, resume, pictures, backbone.*, optimizer.*, knn.*, diagnostics.*, "
+        "trainer.*,",
+        "dataset.*, method.*, reco.*; `--cfg job` prints them with their values, README.md "
+        "explains them.",
         "Hydra's own options: --hydra-help.",
     ]
     return "\n".join(lines)

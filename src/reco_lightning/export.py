@@ -63,7 +63,8 @@ def backbone_weights(
     """The backbone's tensors of a checkpoint's contents: its ``backbone.*`` entries, with
     the prefix stripped (the names of torchvision's ResNet).
 
-    >>> backbone_weights({"state_dict": {"backbone.conv1.weight": torch.ones(1), "projector.0.weight": torch.ones(1)}})
+    >>> weights = {"backbone.conv1.weight": torch.ones(1), "projector.0.weight": torch.ones(1)}
+    >>> backbone_weights({"state_dict": weights})
     {'conv1.weight': tensor([1.])}
     """
     weights = {
@@ -73,7 +74,8 @@ def backbone_weights(
     }
     if not weights:
         raise ConfigError(
-            f"checkpoint {checkpoint} holds no backbone.* weights: it is not a reco_lightning training checkpoint"
+            f"checkpoint {checkpoint} holds no backbone.* weights: it is not a reco_lightning "
+            "training checkpoint"
         )
     return weights
 
@@ -82,7 +84,8 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """Name, stem, width and feature dimension of the backbone that ``hparams`` (a training
     checkpoint's hyperparameters) describe, and whether plain torchvision builds it.
 
-    >>> describe_architecture({"backbone": "resnet18", "backbone_width": 64, "small_stem": False})["plain_torchvision"]
+    >>> hparams = {"backbone": "resnet18", "backbone_width": 64, "small_stem": False}
+    >>> describe_architecture(hparams)["plain_torchvision"]
     True
     """
     from .models.backbones import RESNET_LAYOUTS, TIMM_PREFIX, timm_backbone
@@ -100,7 +103,8 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
         }
     if name not in RESNET_LAYOUTS:
         raise ConfigError(
-            f"backbone {name!r} of this checkpoint is not one export knows: {sorted(RESNET_LAYOUTS)}"
+            f"backbone {name!r} of this checkpoint is not one export knows: "
+            f"{sorted(RESNET_LAYOUTS)}"
         )
     width = int(hparams.get("backbone_width", 64))
     small = bool(hparams.get("small_stem", False))
@@ -119,12 +123,14 @@ def build_line(arch: Mapping[str, Any]) -> str:
     """Python (one line) that builds an empty backbone ``m`` the exported weights load into
     strictly: plain torchvision at width 64, else :func:`reco_lightning.models.build_backbone`.
 
-    >>> build_line({"architecture": "resnet18", "width": 64, "stem": "torchvision", "plain_torchvision": True})
+    >>> arch = {"architecture": "resnet18", "width": 64, "stem": "torchvision"}
+    >>> build_line({**arch, "plain_torchvision": True})
     'import torch, torchvision; m = torchvision.models.resnet18(); m.fc = torch.nn.Identity()'
     """
     name, width, small = arch["architecture"], arch["width"], arch["stem"] == _SMALL_STEM
     if arch.get("timm"):
-        return f'import timm, torch; m = timm.create_model("{name.removeprefix("timm/")}", num_classes=0)'
+        model = name.removeprefix("timm/")
+        return f'import timm, torch; m = timm.create_model("{model}", num_classes=0)'
     if not arch["plain_torchvision"]:
         return (
             f"import torch; from reco_lightning.models import build_backbone; "
@@ -132,7 +138,8 @@ def build_line(arch: Mapping[str, Any]) -> str:
         )
     line = f"import torch, torchvision; m = torchvision.models.{name}()"
     if small:
-        line += "; m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); m.maxpool = torch.nn.Identity()"
+        line += "; m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)"
+        line += "; m.maxpool = torch.nn.Identity()"
     return line + "; m.fc = torch.nn.Identity()"
 
 
@@ -145,7 +152,10 @@ def load_line(fmt: str, arch: Mapping[str, Any], filename: str) -> str:
     if fmt == "torchscript":
         return f'import torch; m = torch.jit.load("{filename}").eval()'
     if fmt == "safetensors":
-        return f'{build_line(arch)}; from safetensors.torch import load_file; m.load_state_dict(load_file("{filename}")); m.eval()'
+        return (
+            f"{build_line(arch)}; from safetensors.torch import load_file; "
+            f'm.load_state_dict(load_file("{filename}")); m.eval()'
+        )
     return f'{build_line(arch)}; m.load_state_dict(torch.load("{filename}")); m.eval()'
 
 
@@ -153,16 +163,25 @@ def torchvision_note(arch: Mapping[str, Any]) -> str:
     """How (or whether) plain torchvision builds the backbone, in one sentence."""
     name, width, small = arch["architecture"], arch["width"], arch["stem"] == _SMALL_STEM
     if arch.get("timm"):
-        return f"not a torchvision model: timm builds it ({build_line(arch)}; the weights load with strict=True)"
+        return (
+            f"not a torchvision model: timm builds it ({build_line(arch)}; "
+            "the weights load with strict=True)"
+        )
     if arch["plain_torchvision"] and arch["stem"] == _TORCHVISION_STEM:
-        return f"torchvision.models.{name}() with fc = torch.nn.Identity() (the weights load with strict=True)"
+        return (
+            f"torchvision.models.{name}() with fc = torch.nn.Identity() "
+            "(the weights load with strict=True)"
+        )
     if arch["plain_torchvision"]:
         return (
-            f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, 1, "
-            "bias=False), maxpool = Identity, fc = Identity (the weights then load with strict=True)"
+            f"torchvision.models.{name}() with the small-image stem: conv1 = Conv2d(3, 64, 3, 1, "
+            "1, "
+            "bias=False), maxpool = Identity, fc = Identity (the weights then load with "
+            "strict=True)"
         )
     return (
-        f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; torchvision's "
+        f"no torchvision constructor builds width {width} (stages {width}-{width * 8}; "
+        "torchvision's "
         f"ResNets are 64-512, and width_per_group is not this width): load into "
         f"reco_lightning.models.build_backbone({name!r}, {width}, small_stem={small}), "
         "or export with format=torchscript for users without reco_lightning"
@@ -389,7 +408,8 @@ def export_backbone(
     }
     if fmt == "torchscript":
         info["note"] = (
-            "TorchScript is deprecated by PyTorch (in favour of torch.export) but torch.jit.load still loads it"
+            "TorchScript is deprecated by PyTorch (in favour of torch.export) but torch.jit.load "
+            "still loads it"
         )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -443,7 +463,8 @@ def _check_image_size(value: Any, fmt: str) -> int | None:
         return None
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value)) <= 0:
         raise ConfigError(
-            f"image_size={value} is not a positive number of pixels: set image_size=, e.g. image_size=32"
+            f"image_size={value} is not a positive number of pixels: set image_size=, e.g. "
+            "image_size=32"
         )
     return int(str(value))
 

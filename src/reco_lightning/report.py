@@ -83,7 +83,10 @@ def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     shared = common_overrides(rows)
-    header = "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | epochs | time (s) | pictures |"
+    header = (
+        "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | "
+        "epochs | time (s) | pictures |"
+    )
     lines = [f"Common to all jobs: `{' '.join(shared)}`", ""] if shared else []
     lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:

@@ -50,8 +50,10 @@ def check_fresh(output_dir: Path) -> None:
     found = holds_run(output_dir)
     if found:
         raise ConfigError(
-            f"{output_dir} already holds a run ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
-            "continue it with resume=auto (and the same hydra.run.dir), or start a new run in another "
+            f"{output_dir} already holds a run "
+            f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
+            "continue it with resume=auto (and the same hydra.run.dir), or start a new run in "
+            "another "
             "directory (another hydra.run.dir, or none for a new outputs/DATE/TIME)"
         )
 
@@ -63,7 +65,8 @@ def check_writable(output_dir: Path) -> None:
             _write_test(folder)
         except OSError as error:
             raise ConfigError(
-                f"cannot write into {folder} ({error.strerror or error}): the run could not save its "
+                f"cannot write into {folder} ({error.strerror or error}): the run could not save "
+                "its "
                 "checkpoints; make it writable or choose another hydra.run.dir"
             ) from None
 
@@ -89,12 +92,14 @@ def resolve_resume(resume: Any, output_dir: Path) -> Path | None:
     return checkpoint_file(
         resume,
         "resume",
-        ", a run directory that holds checkpoints/last.ckpt, or resume=auto with the run's hydra.run.dir",
+        ", a run directory that holds checkpoints/last.ckpt, or resume=auto with the run's "
+        "hydra.run.dir",
     )
 
 
 def run_of_checkpoint(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint belongs to (``RUN/checkpoints/x.ckpt``), if it has a config."""
+    """The run directory a checkpoint belongs to (``RUN/checkpoints/x.ckpt``), if it has a
+    config."""
     run = (
         checkpoint.resolve().parent.parent
         if checkpoint.resolve().parent.name == "checkpoints"
@@ -137,8 +142,10 @@ def config_for_resume(
     for key in sorted(stated):
         if given[key] is not None and given[key] != was[key]:
             raise ConfigError(
-                f"resume={resume_arg}: the run in {run_dir} has {key}={was[key]}, the command line gives "
-                f"{key}={given[key]}; drop that override to continue the run, or start a new run without resume"
+                f"resume={resume_arg}: the run in {run_dir} has {key}={was[key]}, the command line "
+                "gives "
+                f"{key}={given[key]}; drop that override to continue the run, or start a new run "
+                "without resume"
             )
     if overrides is None:
         return cfg

@@ -57,7 +57,8 @@ def build_trackers(
         modules, extra = TRACKERS[name]
         if all(importlib.util.find_spec(module) is None for module in modules):
             raise ConfigError(
-                f'logger={name} needs the {modules[0]} package: pip install "reco_lightning[{extra}]"'
+                f"logger={name} needs the {modules[0]} package: pip install "
+                f'"reco_lightning[{extra}]"'
             )
         settings = _run_settings(name, as_dict(node, f"logger.{name}"), Path(output_dir))
         try:

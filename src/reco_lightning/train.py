@@ -107,8 +107,8 @@ def build_trainer(
     ]
     if settings.get("enable_progress_bar", True):
         callbacks.append(EpochProgressBar())
-    # use_distributed_sampler=False: the DataModule shards across ranks itself (exact validation sets,
-    # resumable epochs)
+    # use_distributed_sampler=False: the DataModule shards across ranks itself (exact
+    # validation sets, resumable epochs)
     try:
         return L.Trainer(
             **settings,
@@ -212,7 +212,8 @@ def train(
 def prepare_run(
     cfg: DictConfig, output_dir: Path, overrides: list[str] | None, rank_zero: bool
 ) -> tuple[DictConfig, Path, Path | None]:
-    """The run's config, its directory and the checkpoint it resumes from, if any (see :mod:`.run_dir`)."""
+    """The run's config, its directory and the checkpoint it resumes from, if any (see
+    :mod:`.run_dir`)."""
     resume_from = resolve_resume(cfg.get("resume"), output_dir)
     if resume_from is not None:
         read_checkpoint(
@@ -234,7 +235,8 @@ def check_strategy(cfg: DictConfig) -> None:
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in {"gpu", "cuda"} and not torch.cuda.is_available():
         raise ConfigError(
-            f"trainer.accelerator={accelerator} (strategy=ddp) needs a CUDA GPU and this machine has none: "
+            f"trainer.accelerator={accelerator} (strategy=ddp) needs a CUDA GPU and this machine "
+            "has none: "
             "use strategy=ddp_cpu for DDP over CPU processes, or strategy=auto"
         )
 
@@ -306,7 +308,8 @@ def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> 
     from .eval.plots import feature_map, training_curves
 
     model, datamodule = trainer.lightning_module, trainer.datamodule
-    title = f"{summary['method']} {'+ ReCo' if summary['reco'] else '(ReCo off)'} on {summary['dataset']}"
+    reco = "+ ReCo" if summary["reco"] else "(ReCo off)"
+    title = f"{summary['method']} {reco} on {summary['dataset']}"
     pictures = {}
     metrics = output_dir / "metrics.csv"
     if metrics.is_file():
@@ -338,8 +341,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(
         [
             "",
-            f"== reco_lightning: {summary['method']}{' + ReCo' if summary['reco'] else ''} on {summary['dataset']}",
-            f"epochs {summary['epochs']}, steps {summary['steps']}, training time {summary['train_time_s']:.1f} s",
+            f"== reco_lightning: {summary['method']}{' + ReCo' if summary['reco'] else ''} on "
+            f"{summary['dataset']}",
+            f"epochs {summary['epochs']}, steps {summary['steps']}, training time "
+            f"{summary['train_time_s']:.1f} s",
             f"kNN accuracy          {pct(summary['knn_acc'])}",
             f"kNN at random init    {pct(summary['knn_acc_random_init'])}",
             f"linear-probe accuracy {pct(summary['linear_acc'])}",

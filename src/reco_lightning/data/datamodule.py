@@ -89,7 +89,8 @@ class InMemoryImages(Dataset):
         if needed > self.MAX_BYTES:
             raise ConfigError(
                 f"dataset.augment_on=device keeps the {count} training images in memory at "
-                f"{image_size} px ({needed / 1024**3:.1f} GiB, more than {self.MAX_BYTES / 1024**3:.0f}): "
+                f"{image_size} px ({needed / 1024**3:.1f} GiB, more than "
+                f"{self.MAX_BYTES / 1024**3:.0f}): "
                 "use it for CIFAR-size data, or set dataset.augment_on=cpu"
             )
         decode = v2.Compose(

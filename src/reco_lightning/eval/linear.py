@@ -38,7 +38,8 @@ class LinearProtocol:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0:
             raise ConfigError(
-                f"linear.epochs={self.epochs} and linear.batch_size={self.batch_size} must be positive"
+                f"linear.epochs={self.epochs} and linear.batch_size={self.batch_size} must be "
+                "positive"
             )
         if self.lr <= 0:
             raise ConfigError(f"linear.lr={self.lr} must be positive, e.g. 0.1")

@@ -74,8 +74,10 @@ def backbone_from_state(state: dict[str, Any], checkpoint: Path) -> torch.nn.Mod
         backbone.load_state_dict(weights)
     except RuntimeError as error:  # missing, unexpected or misshapen keys: not this run's weights
         raise ConfigError(
-            f"checkpoint={checkpoint}: its backbone.* weights do not fit the {hparams['backbone']} of width "
-            f"{hparams['backbone_width']} its hyperparameters describe ({str(error).splitlines()[0][:160]})"
+            f"checkpoint={checkpoint}: its backbone.* weights do not fit the {hparams['backbone']} "
+            "of width "
+            f"{hparams['backbone_width']} its hyperparameters describe "
+            f"({str(error).splitlines()[0][:160]})"
         ) from None
     return backbone.eval()
 
@@ -215,14 +217,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.map.enabled:
         if cfg.progress:
             print(
-                f"computing the {cfg.map.method} map of {min(len(val_y), cfg.map.max_points)} points ...",
+                f"computing the {cfg.map.method} map of {min(len(val_y), cfg.map.max_points)} "
+                "points ...",
                 flush=True,
             )
         path = feature_map(
             val_x,
             val_y,
             output_dir / "eval_feature_map.png",
-            title=f"{'ReCo on' if hparams.get('reco') else 'ReCo off'} | {checkpoint.name} | {dataset_label} val",
+            title=f"{'ReCo on' if hparams.get('reco') else 'ReCo off'} | {checkpoint.name} | "
+            f"{dataset_label} val",
             method=cfg.map.method,
             max_points=int(cfg.map.max_points),
             seed=int(cfg.seed),
@@ -258,7 +262,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         "",
         f"== reco_lightning.eval: {result['checkpoint']}",
-        f"   {result['dataset']}: {result['num_train']} training images (kNN bank, linear training), "
+        f"   {result['dataset']}: {result['num_train']} training images (kNN bank, linear "
+        "training), "
         f"{result['num_val']} evaluated",
         scores("kNN (k=%d, T=%g)" % (knn["k"], knn["temperature"]), knn),
     ]
@@ -272,7 +277,8 @@ def format_table(result: dict[str, Any]) -> str:
         )
     lines += [
         f"neighbour purity @10 / @50  {pct(d['purity@10'])} / {pct(d['purity@50'])}",
-        f"cosine same / diff class    {d['cos_same_class']:.3f} / {d['cos_diff_class']:.3f}   gap {d['cos_gap']:.3f}",
+        f"cosine same / diff class    {d['cos_same_class']:.3f} / {d['cos_diff_class']:.3f}   gap "
+        f"{d['cos_gap']:.3f}",
         f"uniformity                  {d['uniformity']:.3f}",
     ]
     if "alignment" in d:

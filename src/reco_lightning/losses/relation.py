@@ -63,7 +63,8 @@ def local_interpolation_loss(
 
     >>> z = torch.tensor([[1.0, 0.0]]); t = torch.tensor([[1.0, 0.0]])
     >>> n = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    >>> round(local_interpolation_loss(z, t, n, 1.0, exclude=torch.tensor([[False, True]])).item(), 4)
+    >>> mask = torch.tensor([[False, True]])
+    >>> round(local_interpolation_loss(z, t, n, 1.0, exclude=mask).item(), 4)
     0.3133
     """
     mixed = mixed.float()

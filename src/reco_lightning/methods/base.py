@@ -166,7 +166,8 @@ class SSLMethod(ReCoMixin, L.LightningModule):
     temperature: float = 0.2
     #: base momentum of the method's EMA targets (see :meth:`momentum_pairs`)
     base_momentum: float = 0.99
-    #: ``constant`` or ``cosine`` (momentum raised to 1 over training); ReCo's own teacher follows it too
+    #: ``constant`` or ``cosine`` (momentum raised to 1 over training); ReCo's own teacher
+    #: follows it too
     momentum_schedule: str = "constant"
     #: how ReCo's local term mixes the two strong views under ``reco.mix=auto``
     reco_mix: str = "cutmix"
@@ -381,9 +382,13 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         if last is None:
             kept = f"no checkpoint had been written yet, so start the run again: {fixes}"
         else:
-            kept = f"{last} (written before this step) is kept: {fixes}, then continue with resume={last}"
+            kept = (
+                f"{last} (written before this step) is kept: {fixes}, "
+                f"then continue with resume={last}"
+            )
         raise NonFiniteLossError(
-            f"the loss became non-finite at global step {self.global_step} (epoch {self.current_epoch}, "
+            f"the loss became non-finite at global step {self.global_step} (epoch "
+            f"{self.current_epoch}, "
             f"batch {batch_idx}): {where}. Training stopped; {kept}"
         )
 
@@ -536,4 +541,5 @@ def _mismatch_message(method: str | None, reco: bool, loaded_into: str) -> str:
         fix = f"resume it with the run's +method={method} +reco={switch}"
         if method in METHODS:
             fix += f", or load it with {METHODS[method].__name__}.load_from_checkpoint(path)"
-    return f"the checkpoint holds {_describe(method, reco)}, but it is being loaded into {loaded_into}: {fix}"
+    holds = _describe(method, reco)
+    return f"the checkpoint holds {holds}, but it is being loaded into {loaded_into}: {fix}"

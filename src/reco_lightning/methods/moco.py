@@ -27,7 +27,8 @@ class MoCo(SSLMethod):
     Args:
         temperature: InfoNCE temperature (0.2 in MoCo v2).
         queue_size: number of keys in the queue; at least one global batch of keys.
-        momentum, momentum_schedule: EMA momentum of the key encoder; ``constant`` or ``cosine`` (to 1).
+        momentum, momentum_schedule: EMA momentum of the key encoder; ``constant`` or
+            ``cosine`` (to 1).
         symmetric: score both (v1 -> v2) and (v2 -> v1); the loss is their mean.
         proj_hidden_dim, proj_output_dim: the projector MLP.
         proj_output_bn: BatchNorm (no affine) on the projector's output, as in MoCo v3.

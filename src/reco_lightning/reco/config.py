@@ -89,7 +89,8 @@ class ReCoConfig:
         fraction("reco.teacher_momentum", self.teacher_momentum)
         if self.warmup_epochs < 0:
             raise ConfigError(
-                f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the start)"
+                f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the "
+                "start)"
             )
 
     @classmethod
@@ -102,7 +103,8 @@ class ReCoConfig:
             settings = OmegaConf.to_container(settings, resolve=True)  # type: ignore[assignment]
         if not isinstance(settings, Mapping):
             raise TypeError(
-                f"ReCo's settings must be a ReCoConfig, a mapping or None, not {type(settings).__name__}"
+                "ReCo's settings must be a ReCoConfig, a mapping or None, not "
+                f"{type(settings).__name__}"
             )
         settings = dict(settings)
         if not settings.pop("enabled", True):

@@ -20,7 +20,8 @@ model holds. A model with ReCo
 ...     def online_embedding(self, images):
 ...         return F.normalize(self.encoder(images), dim=1)
 >>> model = Model()
->>> batch = {"strong": [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)], "weak": torch.randn(4, 3, 2, 2)}
+>>> views = [torch.randn(4, 3, 2, 2) for _ in range(3)]
+>>> batch = {"strong": views[:2], "weak": views[2]}
 >>> model.reco_loss(batch).shape           # 0 until the banks hold a batch of keys
 torch.Size([])
 """
@@ -76,7 +77,8 @@ def split_views(views: Mapping[str, Any] | Sequence[Tensor]) -> tuple[Tensor, Te
     if isinstance(views, Mapping):
         if "weak" not in views:
             raise ConfigError(
-                "ReCo needs a weak view and the batch has none: build the datamodule with weak_view=True"
+                "ReCo needs a weak view and the batch has none: build the datamodule with "
+                "weak_view=True"
             )
         strong1, strong2 = views["strong"]
         return strong1, strong2, views["weak"]
@@ -123,7 +125,8 @@ class ReCoMixin:
         reco = getattr(self, "reco", None)
         if not isinstance(reco, ReCo):
             raise RuntimeError(
-                f"{type(self).__name__}.reco_loss needs a ReCo module: in __init__, after building the "
+                f"{type(self).__name__}.reco_loss needs a ReCo module: in __init__, after building "
+                "the "
                 f"network, set self.reco = ReCo(settings, embedding_dim, self)"
             )
         strong1, strong2, weak = split_views(views)

@@ -86,7 +86,8 @@ class ReCo(nn.Module):
     ...     def __init__(self):
     ...         super().__init__()
     ...         self.encoder = nn.Linear(12, 8)
-    ...         self.reco = ReCo({"bank_size": 16, "negatives_size": 16}, embedding_dim=8, owner=self)
+    ...         sizes = {"bank_size": 16, "negatives_size": 16}
+    ...         self.reco = ReCo(sizes, embedding_dim=8, owner=self)
     ...     def online_embedding(self, x):
     ...         return F.normalize(self.encoder(x.flatten(1)), dim=1)
     >>> net = Net()
@@ -310,7 +311,8 @@ class ReCo(nn.Module):
         if self.borrows_negatives:
             if lent is None:
                 raise RuntimeError(
-                    "this ReCo borrows its negatives: pass negatives= (the lent queue's written rows)"
+                    "this ReCo borrows its negatives: pass negatives= (the lent queue's written "
+                    "rows)"
                 )
             queued = lent
         else:
@@ -319,4 +321,7 @@ class ReCo(nn.Module):
         return (queued, None) if queued.shape[0] >= global_batch else (None, None)
 
     def extra_repr(self) -> str:
-        return f"teacher={self.teacher_kind}, negatives={self.config.negatives}, mix={self.mix}, tau_local={self.tau_local}"
+        return (
+            f"teacher={self.teacher_kind}, negatives={self.config.negatives}, mix={self.mix}, "
+            f"tau_local={self.tau_local}"
+        )

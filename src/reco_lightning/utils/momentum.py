@@ -41,7 +41,8 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
 
 
 def scheduled_momentum(base: float, schedule: str, step: int, total_steps: int) -> float:
-    """The momentum at ``step``: ``base`` for ``constant``, :func:`cosine_momentum` for ``cosine``."""
+    """The momentum at ``step``: ``base`` for ``constant``, :func:`cosine_momentum` for
+    ``cosine``."""
     return cosine_momentum(base, step, total_steps) if schedule == "cosine" else base
 
 

@@ -153,7 +153,8 @@ def check_optimizer(name: str, kernel: str = "auto") -> None:
         )
     if name == "lars" and kernel == "fused":
         raise ConfigError(
-            "optimizer.kernel=fused exists only for optimizer.name=sgd: use optimizer.kernel=foreach with LARS"
+            "optimizer.kernel=fused exists only for optimizer.name=sgd: use "
+            "optimizer.kernel=foreach with LARS"
         )
 
 
