@@ -52,8 +52,8 @@ def main() -> None:
             times[channels_last].append((time.perf_counter() - started) / args.steps)
     contiguous, channels_last = statistics.median(times[False]), statistics.median(times[True])
     print(
-        f"ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, {args.device}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
+        f"{args.device}, torch threads {torch.get_num_threads()}"
     )
     print(
         f"contiguous    {contiguous:.3f} s/step\nchannels-last {channels_last:.3f} s/step\n"

@@ -1,7 +1,7 @@
 """Images per second of view generation: per-image workers against batched on the device.
 
-    python benchmarks/data_throughput.py --root ../shared/data/cifar10      # CIFAR-10 folder
-    python benchmarks/data_throughput.py                                    # bundled digits at 32 px
+    python benchmarks/data_throughput.py --root ../shared/data/cifar10  # CIFAR-10 folder
+    python benchmarks/data_throughput.py                                # bundled digits at 32 px
 
 For 2 views (a method alone) and 3 views (with ReCo's weak view) it times
 
@@ -62,8 +62,8 @@ def main() -> None:
         else dict(name="digits", image_size=32)
     )
     print(
-        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, device views on {device}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, "
+        f"device views on {device}, torch threads {torch.get_num_threads()}"
     )
     results: dict[str, list[float]] = {}
     setups = {}

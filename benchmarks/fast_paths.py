@@ -1,9 +1,9 @@
 """The fast-path settings, each against its default, measured side by side in one process.
 
-    python benchmarks/fast_paths.py optimizer                 # optimizer.kernel: loop, foreach, fused
-    python benchmarks/fast_paths.py compile                   # backbone.compile: eager vs torch.compile
-    python benchmarks/fast_paths.py workers --root DIR        # dataset.persistent_workers: off vs on
-    python benchmarks/fast_paths.py copies --device cuda      # dataset.pin_memory + non-blocking copies
+    python benchmarks/fast_paths.py optimizer             # optimizer.kernel: loop, foreach, fused
+    python benchmarks/fast_paths.py compile               # backbone.compile: eager vs torch.compile
+    python benchmarks/fast_paths.py workers --root DIR    # dataset.persistent_workers: off vs on
+    python benchmarks/fast_paths.py copies --device cuda  # dataset.pin_memory + non-blocking copies
 
 * **optimizer**: the time of ``optimizer.step()`` alone over the parameters of a method
   (backbone, heads, probe; BYOL's 4096-wide heads by default), with fixed random gradients,
@@ -75,8 +75,9 @@ def bench_optimizer(args: argparse.Namespace) -> None:
     tensors = sum(1 for p in model.parameters())
     print(
         f"optimizer.step() over {args.method}'s {tensors} tensors "
-        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), width {args.width}, "
-        f"{args.device}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n"
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
+        f"width {args.width}, {args.device}, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} rounds\n"
     )
     print("| optimizer | kernel | step (ms) | vs loop |")
     print("| --- | --- | ---: | ---: |")
@@ -146,7 +147,8 @@ def bench_compile(args: argparse.Namespace) -> None:
     print("| --- | ---: | ---: | ---: |")
     for name, seconds in medians.items():
         print(
-            f"| {name} | {first[name]:.1f} | {seconds * 1e3:.0f} | {seconds / medians['eager']:.2f} |"
+            f"| {name} | {first[name]:.1f} | {seconds * 1e3:.0f} | "
+            f"{seconds / medians['eager']:.2f} |"
         )
 
 
@@ -158,10 +160,12 @@ def bench_workers(args: argparse.Namespace) -> None:
     )
     print(
         f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, {args.workers} workers, "
-        f"{f'first {args.batches} batches' if args.batches else 'whole epochs'} per pass, 3 passes\n"
+        f"{f'first {args.batches} batches' if args.batches else 'whole epochs'} per pass, "
+        "3 passes\n"
     )
     print(
-        "| persistent_workers | first batch, pass 1 (s) | first batch, passes 2-3 (s) | 3 passes (s) |"
+        "| persistent_workers | first batch, pass 1 (s) | first batch, passes 2-3 (s) | "
+        "3 passes (s) |"
     )
     print("| --- | ---: | ---: | ---: |")
     for persistent in (False, True):
@@ -195,8 +199,8 @@ def bench_copies(args: argparse.Namespace) -> None:
     views = 3
     shapes = {"uint8": torch.uint8, "float32": torch.float32}
     print(
-        f"{views} views x batch {args.batch_size} x {args.image_size} px to {torch.cuda.get_device_name()}, "
-        f"median of {args.rounds} rounds\n"
+        f"{views} views x batch {args.batch_size} x {args.image_size} px to "
+        f"{torch.cuda.get_device_name()}, median of {args.rounds} rounds\n"
     )
     print("| dtype | host memory | non_blocking | copy (ms) | vs pageable blocking |")
     print("| --- | --- | --- | ---: | ---: |")
@@ -216,7 +220,8 @@ def bench_copies(args: argparse.Namespace) -> None:
         base = medians[("pageable", False)]
         for (memory, non_blocking), seconds in medians.items():
             print(
-                f"| {label} | {memory} | {non_blocking} | {seconds * 1e3:.2f} | {seconds / base:.2f} |"
+                f"| {label} | {memory} | {non_blocking} | {seconds * 1e3:.2f} | "
+                f"{seconds / base:.2f} |"
             )
 
 

@@ -126,7 +126,8 @@ class Fixtures:
         run = self.root / "run"
         if done.returncode != 0 or not (run / "checkpoints" / "last.ckpt").is_file():
             sys.exit(
-                f"faults.py: the fixture run failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+                f"faults.py: the fixture run failed (exit {done.returncode}):\n"
+                f"{done.stderr[-3000:]}"
             )
         return run
 
@@ -534,7 +535,8 @@ class Message:
 
 
 def exception_line(lines: Sequence[str]) -> int:
-    """The index of the exception's line: the first unindented line after the last traceback header."""
+    """The index of the exception's line: the first unindented line after the last traceback
+    header."""
     last = max(
         (i for i, line in enumerate(lines) if line.lstrip().startswith("Traceback")), default=-1
     )
@@ -650,8 +652,8 @@ def row(outcome: Outcome) -> str:
 
 
 HEADER = (
-    "| case | command (besides the tiny settings) | exit | first line of stderr | traceback | one line "
-    "| existing files unchanged | left behind | result |\n"
+    "| case | command (besides the tiny settings) | exit | first line of stderr | traceback "
+    "| one line | existing files unchanged | left behind | result |\n"
     "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 )
 

@@ -1,6 +1,7 @@
 """Train a plain method built from lightly's parts through our whole training job.
 
-    .venv-peers/bin/python benchmarks/peer_quality.py +method=moco dataset=imagefolder ... hydra.run.dir=RUN
+    .venv-peers/bin/python benchmarks/peer_quality.py +method=moco dataset=imagefolder ... \
+        hydra.run.dir=RUN
 
 A strong-baseline check for the quality protocol (``benchmarks/quality.py run --cells
 baselines``): is our plain MoCo, SimCLR or BYOL as good as the same method written with a

@@ -100,7 +100,8 @@ DIFFERENCES = [
     "lightly: the momentum update runs at the start of the next step (as in lightly's "
     "examples), ours after the optimizer step: the same work in the same sequence",
     "moco: lightly's NTXentLoss normalises the embeddings itself and clones the whole memory "
-    "bank every step; ours normalises in the method and clones its queue every step too (it enqueues in the same call)",
+    "bank every step; ours normalises in the method and clones its queue every step too "
+    "(it enqueues in the same call)",
     "byol: lightly's momentum follows its cosine_schedule to 1 over this run's steps, ours "
     "stays at 0.99 without a Trainer (same work, other values)",
     "ours: ReLU(inplace=True) in the heads, lightly's heads use ReLU() (memory, not FLOPs)",
@@ -337,8 +338,8 @@ class Result:
         ours, theirs = statistics.median(self.ours), statistics.median(self.theirs)
         per_round = [o / t for o, t in zip(self.ours, self.theirs)]
         return (
-            f"| {name} | {batch_size / ours:,.0f} | {batch_size / theirs:,.0f} | {ours / theirs:.2f} | "
-            f"{min(per_round):.2f}-{max(per_round):.2f} |"
+            f"| {name} | {batch_size / ours:,.0f} | {batch_size / theirs:,.0f} | "
+            f"{ours / theirs:.2f} | {min(per_round):.2f}-{max(per_round):.2f} |"
         )
 
 
@@ -373,7 +374,8 @@ def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Resul
         result.check(
             relative <= CHECK_RTOL,
             f"{name}: step-0 loss (method + probe) ours {loss_ours:.5f}, "
-            f"lightly {loss_theirs:.5f} (relative difference {relative:.1e}, at most {CHECK_RTOL:.0e})",
+            f"lightly {loss_theirs:.5f} (relative difference {relative:.1e}, "
+            f"at most {CHECK_RTOL:.0e})",
         )
         if name == "moco":
             written = slice(0, args.batch_size)
@@ -406,8 +408,9 @@ def measure(name: str, args: argparse.Namespace, batch: dict[str, Any]) -> Resul
         expected = min(steps * args.batch_size, bank.shape[0])
         result.check(
             changed == expected and int(ours.queue.num_enqueued) == steps * args.batch_size,
-            f"moco: lightly memory bank rows written {changed}/{bank.shape[0]} (expected {expected}); "
-            f"our queue took {int(ours.queue.num_enqueued)} keys (expected {steps * args.batch_size})",
+            f"moco: lightly memory bank rows written {changed}/{bank.shape[0]} "
+            f"(expected {expected}); our queue took {int(ours.queue.num_enqueued)} keys "
+            f"(expected {steps * args.batch_size})",
         )
     return result
 
@@ -500,15 +503,16 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
     if not lightly.__version__.startswith("1.6"):
         print(
-            f"note: lightly {lightly.__version__} found; these peers were written against lightly 1.6"
+            f"note: lightly {lightly.__version__} found; "
+            "these peers were written against lightly 1.6"
         )
     batch = make_batch(args)
     feature_dim = build_backbone("resnet18", args.width)[1]
     print(
-        f"# ours vs lightly: ResNet-18 width {args.width}, batch {args.batch_size}, {args.image_size} px, "
-        f"{args.device}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"lightly {lightly.__version__}; {args.warmup} warm-up steps, {args.rounds} rounds, "
-        f"MoCo queue {args.queue_size}"
+        f"# ours vs lightly: ResNet-18 width {args.width}, batch {args.batch_size}, "
+        f"{args.image_size} px, {args.device}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, lightly {lightly.__version__}; "
+        f"{args.warmup} warm-up steps, {args.rounds} rounds, MoCo queue {args.queue_size}"
     )
     print("\n| method | ours (img/s) | lightly (img/s) | ours / lightly time | per-round range |")
     print("| --- | ---: | ---: | ---: | ---: |")
@@ -520,8 +524,8 @@ def main() -> None:
         checks += result.checks
         failures += result.failures
     print(
-        f"\nBoth sides train a {feature_dim}x{NUM_CLASSES} linear probe on detached backbone features "
-        "(ours in training_step, lightly's as added here). Remaining differences:"
+        f"\nBoth sides train a {feature_dim}x{NUM_CLASSES} linear probe on detached backbone "
+        "features (ours in training_step, lightly's as added here). Remaining differences:"
     )
     for line in DIFFERENCES:
         print(f"- {line}")
@@ -531,7 +535,8 @@ def main() -> None:
             print(f"- {line}")
     if failures:
         sys.exit(
-            f"--check: {len(failures)} comparison(s) failed: the two sides do not compute the same step"
+            f"--check: {len(failures)} comparison(s) failed: "
+            "the two sides do not compute the same step"
         )
 
 

@@ -13,14 +13,22 @@ per-epoch term logs:
 ``cpu16`` (below) is the first round, kept as history: its defaults were chosen partly on
 the test images its table reports (docs/benchmarks.md, "How the defaults were chosen").
 
-    python benchmarks/quality.py run --protocol cpu16 --cells grid --jobs 2   # the first round's grid (history)
-    python benchmarks/quality.py run --cells ablations --jobs 2   # one seed of each ReCo setting alone
-    python benchmarks/quality.py run --cells equal-time           # ReCo off for as long as ReCo on took
-    python benchmarks/quality.py run --cells baselines            # plain methods from lightly's parts
-    python benchmarks/quality.py run --cells resolution           # SimCLR off/on at 32 px, 6 epochs
-    python benchmarks/quality.py run --cells mixup                # BYOL and MoCo + ReCo with CutMix, the grid's 2 seeds
-    python benchmarks/quality.py run --cells negatives            # SimCLR + ReCo with batch negatives, the grid's 2 seeds
-    python benchmarks/quality.py report --docs                    # tables, docs/img/quality_*.png, docs tables
+    # the first round's grid (history)
+    python benchmarks/quality.py run --protocol cpu16 --cells grid --jobs 2
+    # one seed of each ReCo setting alone
+    python benchmarks/quality.py run --cells ablations --jobs 2
+    # ReCo off for as long as ReCo on took
+    python benchmarks/quality.py run --cells equal-time
+    # plain methods from lightly's parts
+    python benchmarks/quality.py run --cells baselines
+    # SimCLR off/on at 32 px, 6 epochs
+    python benchmarks/quality.py run --cells resolution
+    # BYOL and MoCo + ReCo with CutMix, the grid's 2 seeds
+    python benchmarks/quality.py run --cells mixup
+    # SimCLR + ReCo with batch negatives, the grid's 2 seeds
+    python benchmarks/quality.py run --cells negatives
+    # tables, docs/img/quality_*.png, docs tables
+    python benchmarks/quality.py report --docs
 
 The protocol ``cpu16`` (see ``PROTOCOLS``) trains each method with the shipped presets on
 the CIFAR-10 image folder (``../shared/data/cifar10``: 25,000 training images, 10,000 test
@@ -368,13 +376,14 @@ def command_run(args: argparse.Namespace) -> None:
         try:
             result = run_cell(cell, args.protocol, data)
             print(
-                f"{cell.name}: kNN {100 * result['final_knn']:.2f}, linear {100 * result['final_linear']:.2f}, "
-                f"{result['train_time_s']:.0f} s",
+                f"{cell.name}: kNN {100 * result['final_knn']:.2f}, "
+                f"linear {100 * result['final_linear']:.2f}, {result['train_time_s']:.0f} s",
                 flush=True,
             )
         except subprocess.CalledProcessError as error:
             print(
-                f"{cell.name}: failed ({error}); see {RUNS / args.protocol / cell.name / 'train.log'}",
+                f"{cell.name}: failed ({error}); "
+                f"see {RUNS / args.protocol / cell.name / 'train.log'}",
                 flush=True,
             )
 
@@ -399,7 +408,8 @@ def run_v2(cells_arg: str, data: Path, jobs: int) -> None:
         try:
             result = quality_v2.run_cell(cell, data, trainval_root)
             print(
-                f"{cell.name}: kNN {pct(result['final_knn'])}, linear {pct(result['final_linear'])}",
+                f"{cell.name}: kNN {pct(result['final_knn'])}, "
+                f"linear {pct(result['final_linear'])}",
                 flush=True,
             )
         except quality_v2.CellRefused as refusal:
@@ -430,12 +440,13 @@ def report_grid(results: dict[str, dict]) -> None:
     for name, r in results.items():
         if GRID_CELL.fullmatch(name):
             print(
-                f"| {r['method']} | {'on' if r['reco'] else 'off'} | {r['seed']} | {pct(r['final_knn'])} | "
-                f"{pct(r['final_linear'])} | {r['train_time_s']:.0f} |"
+                f"| {r['method']} | {'on' if r['reco'] else 'off'} | {r['seed']} | "
+                f"{pct(r['final_knn'])} | {pct(r['final_linear'])} | {r['train_time_s']:.0f} |"
             )
     print()
     print(
-        "| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | off, equal time |"
+        "| method | kNN off | kNN on | on - off | linear off | linear on | time on / off | "
+        "off, equal time |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in METHODS:
@@ -460,16 +471,18 @@ def report_grid(results: dict[str, dict]) -> None:
             else "—"
         )
         print(
-            f"| {method} (seeds {len(off)}/{len(on)}) | {pct(mean(off, 'final_knn'))} | {pct(mean(on, 'final_knn'))} | "
-            f"{100 * (mean(on, 'final_knn') - mean(off, 'final_knn')):+.2f} | {pct(mean(off, 'final_linear'))} | "
-            f"{pct(mean(on, 'final_linear'))} | {time_on / time_off:.2f} | "
-            f"{equal_time} |"
+            f"| {method} (seeds {len(off)}/{len(on)}) | {pct(mean(off, 'final_knn'))} | "
+            f"{pct(mean(on, 'final_knn'))} | "
+            f"{100 * (mean(on, 'final_knn') - mean(off, 'final_knn')):+.2f} | "
+            f"{pct(mean(off, 'final_linear'))} | {pct(mean(on, 'final_linear'))} | "
+            f"{time_on / time_off:.2f} | {equal_time} |"
         )
 
 
 def report_baselines(results: dict[str, dict]) -> None:
     print(
-        "| method | ours, ReCo off (seed 0) | lightly's parts, same job (seed 0) | ours - lightly | seed 0 - seed 1 (ours) |"
+        "| method | ours, ReCo off (seed 0) | lightly's parts, same job (seed 0) | "
+        "ours - lightly | seed 0 - seed 1 (ours) |"
     )
     print("| --- | ---: | ---: | ---: | ---: |")
     for method in METHODS:
@@ -488,7 +501,8 @@ def report_resolution(results: dict[str, dict]) -> None:
     off, on = results.get("simclr-off-s0-32px"), results.get("simclr-on-s0-32px")
     if off and on:
         print(
-            "| SimCLR, seed 0 | kNN off | kNN on | on - off | linear off | linear on | time on / off |"
+            "| SimCLR, seed 0 | kNN off | kNN on | on - off | linear off | linear on | "
+            "time on / off |"
         )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, suffix in (("16 px, 20 epochs (grid)", ""), ("32 px, 6 epochs", "-32px")):
@@ -496,8 +510,9 @@ def report_resolution(results: dict[str, dict]) -> None:
             if off and on:
                 print(
                     f"| {label} | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
-                    f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
-                    f"{pct(on['final_linear'])} | {on['train_time_s'] / off['train_time_s']:.2f} |"
+                    f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | "
+                    f"{pct(off['final_linear'])} | {pct(on['final_linear'])} | "
+                    f"{on['train_time_s'] / off['train_time_s']:.2f} |"
                 )
 
 
@@ -519,13 +534,16 @@ def report_mixup(results: dict[str, dict]) -> None:
     if not rows:
         return
     print(
-        "| method | seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | Mixup - off | linear CutMix | linear Mixup |"
+        "| method | seed | kNN off | kNN on, CutMix | kNN on, Mixup | Mixup - CutMix | "
+        "Mixup - off | linear CutMix | linear Mixup |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method, seed, off, cutmix, mixup in rows:
         print(
-            f"| {method} | {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | {pct(mixup['final_knn'])} | "
-            f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | {100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
+            f"| {method} | {seed} | {pct(off['final_knn'])} | {pct(cutmix['final_knn'])} | "
+            f"{pct(mixup['final_knn'])} | "
+            f"{100 * (mixup['final_knn'] - cutmix['final_knn']):+.2f} | "
+            f"{100 * (mixup['final_knn'] - off['final_knn']):+.2f} | "
             f"{pct(cutmix['final_linear'])} | {pct(mixup['final_linear'])} |"
         )
 
@@ -551,8 +569,10 @@ def report_negatives(results: dict[str, dict]) -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for seed, off, queue, batch in rows:
         print(
-            f"| simclr | {seed} | {pct(off['final_knn'])} | {pct(queue['final_knn'])} | {pct(batch['final_knn'])} | "
-            f"{100 * (batch['final_knn'] - queue['final_knn']):+.2f} | {100 * (batch['final_knn'] - off['final_knn']):+.2f} | "
+            f"| simclr | {seed} | {pct(off['final_knn'])} | {pct(queue['final_knn'])} | "
+            f"{pct(batch['final_knn'])} | "
+            f"{100 * (batch['final_knn'] - queue['final_knn']):+.2f} | "
+            f"{100 * (batch['final_knn'] - off['final_knn']):+.2f} | "
             f"{pct(queue['final_linear'])} | {pct(batch['final_linear'])} | "
             f"{batch['train_time_s'] / queue['train_time_s']:.2f} |"
         )
@@ -560,7 +580,8 @@ def report_negatives(results: dict[str, dict]) -> None:
 
 def report_ablations(results: dict[str, dict]) -> None:
     print(
-        "| method | setting | overrides | kNN (held-out 5,000) | linear | kNN vs off | kNN vs default | training time (s) |"
+        "| method | setting | overrides | kNN (held-out 5,000) | linear | kNN vs off | "
+        "kNN vs default | training time (s) |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     order = [
@@ -585,8 +606,9 @@ def report_ablations(results: dict[str, dict]) -> None:
                 "" if default is None else f"{100 * (r['final_knn'] - default['final_knn']):+.2f}"
             )
             print(
-                f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | {pct(r['final_knn'])} | "
-                f"{pct(r['final_linear'])} | {vs_off} | {vs_default} | {r['train_time_s']:.0f} |"
+                f"| {method} | {setting} | {' '.join(r['overrides']) or '—'} | "
+                f"{pct(r['final_knn'])} | {pct(r['final_linear'])} | {vs_off} | {vs_default} | "
+                f"{r['train_time_s']:.0f} |"
             )
 
 
@@ -615,7 +637,10 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
                 [100 * v for v in knn],
                 color="tab:gray" if cutmix else "tab:red" if r["reco"] else "tab:blue",
                 linestyle="-" if r["seed"] == 0 else "--",
-                label=f"ReCo {'on, CutMix' if cutmix else 'on' if r['reco'] else 'off'}, seed {r['seed']}",
+                label=(
+                    f"ReCo {'on, CutMix' if cutmix else 'on' if r['reco'] else 'off'}, "
+                    f"seed {r['seed']}"
+                ),
             )
         axis.set_xlabel("epoch")
         axis.set_ylabel("kNN top-1 on the 10,000 test images (%)")
@@ -629,7 +654,8 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
         print(f"wrote {out_dir / f'quality_{method}.png'}")
 
 
-#: generated blocks of docs/benchmarks.md: ``<!-- name -->`` ... ``<!-- /name -->``, and what fills each
+#: generated blocks of docs/benchmarks.md: ``<!-- name -->`` ... ``<!-- /name -->``, and what
+#: fills each
 DOC_BLOCKS = {
     "quality-results": report_grid,
     "ablation-results": report_ablations,

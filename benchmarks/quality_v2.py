@@ -1,8 +1,11 @@
 """Protocol ``cpu16v2``: ReCo's case as a reviewer checks it (issue 23).
 
-    python benchmarks/quality.py run --protocol cpu16v2 --cells val --jobs 2     # choose, on held-out images
-    python benchmarks/quality.py decide --protocol cpu16v2                       # what validation chose
-    python benchmarks/quality.py run --protocol cpu16v2 --cells test --jobs 2    # final cells, 3 seeds
+    # choose, on held-out images
+    python benchmarks/quality.py run --protocol cpu16v2 --cells val --jobs 2
+    # what validation chose
+    python benchmarks/quality.py decide --protocol cpu16v2
+    # final cells, 3 seeds
+    python benchmarks/quality.py run --protocol cpu16v2 --cells test --jobs 2
     python benchmarks/quality.py run --protocol cpu16v2 --cells equal-compute,long,32px
     python benchmarks/quality.py report --protocol cpu16v2 --docs
 
@@ -390,8 +393,9 @@ def check_test_cell(
         )
     if choice.uncommitted:
         raise CellRefused(
-            f"validation results of {cell.method} are not committed ({', '.join(choice.uncommitted)}): "
-            "commit them, then the defaults they choose, before any test cell"
+            f"validation results of {cell.method} are not committed "
+            f"({', '.join(choice.uncommitted)}): commit them, then the defaults they choose, "
+            "before any test cell"
         )
     ours = resolved_reco(cell, data_root, tree)
     if ours != choice.reco:
@@ -401,12 +405,14 @@ def check_test_cell(
             if (ours or {}).get(k) != (choice.reco or {}).get(k)
         )
         raise CellRefused(
-            f"{cell.name} would train with ReCo settings that validation did not choose (differing: "
+            f"{cell.name} would train with ReCo settings that validation did not choose "
+            "(differing: "
             + ", ".join(
                 f"{k}={(ours or {}).get(k)!r} against {(choice.reco or {}).get(k)!r}"
                 for k in differ
             )
-            + f"); validation chose {cell.method}'s '{choice.best}': make it the shipped default and commit it"
+            + f"); validation chose {cell.method}'s '{choice.best}': "
+            "make it the shipped default and commit it"
         )
 
 
@@ -542,6 +548,8 @@ def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
         "protocol_overrides": PROTOCOL_OVERRIDES,
         "overrides": list(cell.overrides),
         "command": ["python", "-m", "reco_lightning", *cell.arguments(data_root), "resume=auto"],
+        # earlier runs of a resumed cell (each left a metrics-N.csv); 0 = trained in one go
+        "resumed": len(list(run_dir.glob("metrics-*.csv"))),
         "reco_config": reco,
         "epochs": summary["epochs"],
         "train_time_s": round(curve[-1]["train_s"], 1) if curve and curve[-1]["train_s"] else None,
@@ -576,8 +584,8 @@ def spread(values: list[float]) -> str:
 
 def report_validation(results: dict[str, dict]) -> None:
     print(
-        "| method | setting | overrides | kNN per seed (val 5,000) | kNN mean | vs default, per seed | "
-        "linear mean | chosen |"
+        "| method | setting | overrides | kNN per seed (val 5,000) | kNN mean | "
+        "vs default, per seed | linear mean | chosen |"
     )
     print("| --- | --- | --- | --- | ---: | --- | ---: | --- |")
     for method in METHODS:
@@ -596,8 +604,10 @@ def report_validation(results: dict[str, dict]) -> None:
             linear = [r["final_linear"] for r in done if r.get("final_linear") is not None]
             label = "ReCo off" if overrides is None else " ".join(overrides) or "(shipped defaults)"
             print(
-                f"| {method} | {setting} | {label} | {' / '.join(pct(r['final_knn']) for r in done)} | "
-                f"{pct(statistics.mean(r['final_knn'] for r in done))} | {' / '.join(paired) or '—'} | "
+                f"| {method} | {setting} | {label} | "
+                f"{' / '.join(pct(r['final_knn']) for r in done)} | "
+                f"{pct(statistics.mean(r['final_knn'] for r in done))} | "
+                f"{' / '.join(paired) or '—'} | "
                 f"{pct(statistics.mean(linear)) if linear else '—'} | "
                 f"{'**chosen**' if setting == choice.best and not choice.missing else ''} |"
             )
@@ -627,8 +637,9 @@ def report_terms(results: dict[str, dict]) -> None:
 
             shares = " / ".join(mean(f"grad_share_{t}") for t in ("method", "global", "local"))
             print(
-                f"| {method} | {setting} | {mean('loss_method')} | {mean('loss_global')} | {mean('loss_local')} | "
-                f"{mean('w_global')} | {mean('w_local')} | {shares} | {mean('grad_norm_method')} |"
+                f"| {method} | {setting} | {mean('loss_method')} | {mean('loss_global')} | "
+                f"{mean('loss_local')} | {mean('w_global')} | {mean('w_local')} | {shares} | "
+                f"{mean('grad_norm_method')} |"
             )
 
 
@@ -636,8 +647,8 @@ def report_test(
     results: dict[str, dict], suffix: str = "", seeds: tuple[int, ...] = TEST_SEEDS
 ) -> None:
     print(
-        "| method | kNN off (mean ± sd) | kNN on (mean ± sd) | on − off per seed | on − off (mean ± sd) | "
-        "linear off | linear on | seeds |"
+        "| method | kNN off (mean ± sd) | kNN on (mean ± sd) | on − off per seed | "
+        "on − off (mean ± sd) | linear off | linear on | seeds |"
     )
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for method in METHODS:
@@ -654,7 +665,8 @@ def report_test(
         diffs = [on["final_knn"] - off["final_knn"] for off, on in pairs]
         print(
             f"| {method} | {spread([off['final_knn'] for off, _ in pairs])} | "
-            f"{spread([on['final_knn'] for _, on in pairs])} | {' / '.join(f'{100 * d:+.2f}' for d in diffs)} | "
+            f"{spread([on['final_knn'] for _, on in pairs])} | "
+            f"{' / '.join(f'{100 * d:+.2f}' for d in diffs)} | "
             f"{spread(diffs)} | {spread([off['final_linear'] for off, _ in pairs])} | "
             f"{spread([on['final_linear'] for _, on in pairs])} | {len(pairs)} |"
         )
@@ -662,8 +674,8 @@ def report_test(
 
 def report_equal_compute(results: dict[str, dict]) -> None:
     print(
-        "| method | cost ratio on/off (step, data included) | ReCo off epochs | kNN off, equal compute | "
-        "kNN on, 20 epochs | on − off per seed |"
+        "| method | cost ratio on/off (step, data included) | ReCo off epochs | "
+        "kNN off, equal compute | kNN on, 20 epochs | on − off per seed |"
     )
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for method in METHODS:
@@ -683,14 +695,15 @@ def report_equal_compute(results: dict[str, dict]) -> None:
         )
         print(
             f"| {method} | {STEP_COST_RATIO[method]:.2f} | {epochs} | "
-            f"{spread([off['final_knn'] for off, _ in pairs])} | {spread([on['final_knn'] for _, on in pairs])} | "
-            f"{diffs} |"
+            f"{spread([off['final_knn'] for off, _ in pairs])} | "
+            f"{spread([on['final_knn'] for _, on in pairs])} | {diffs} |"
         )
 
 
 def report_long_and_32px(results: dict[str, dict]) -> None:
     print(
-        "| method | run | kNN off | kNN on | on − off | linear off | linear on | gap at epochs 5 / 10 / 20 / last |"
+        "| method | run | kNN off | kNN on | on − off | linear off | linear on | "
+        "gap at epochs 5 / 10 / 20 / last |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for label, suffix in (("60 epochs", "-e60"), ("32 px, width 8", "-32px")):
@@ -705,9 +718,9 @@ def report_long_and_32px(results: dict[str, dict]) -> None:
             marks = [e for e in (5, 10, 20, off["epochs"]) if e in knn[True] and e in knn[False]]
             gaps = " / ".join(f"{100 * (knn[True][e] - knn[False][e]):+.2f}" for e in marks)
             print(
-                f"| {method} | {label}, seed 0 | {pct(off['final_knn'])} | {pct(on['final_knn'])} | "
-                f"{100 * (on['final_knn'] - off['final_knn']):+.2f} | {pct(off['final_linear'])} | "
-                f"{pct(on['final_linear'])} | {gaps} |"
+                f"| {method} | {label}, seed 0 | {pct(off['final_knn'])} | "
+                f"{pct(on['final_knn'])} | {100 * (on['final_knn'] - off['final_knn']):+.2f} | "
+                f"{pct(off['final_linear'])} | {pct(on['final_linear'])} | {gaps} |"
             )
 
 

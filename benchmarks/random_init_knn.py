@@ -83,7 +83,8 @@ def main() -> None:
     settings = (datamodule.num_classes, cfg.knn.k, cfg.knn.temperature)
 
     print(
-        f"dataset {cfg.dataset.name}, {cfg.backbone.name} width {cfg.backbone.width}, kNN k={cfg.knn.k}\n"
+        f"dataset {cfg.dataset.name}, {cfg.backbone.name} width {cfg.backbone.width}, "
+        f"kNN k={cfg.knn.k}\n"
     )
     print("| zero_init_residual | seed | as initialised | BN from data |")
     print("| --- | ---: | ---: | ---: |")

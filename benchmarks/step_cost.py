@@ -2,8 +2,9 @@
 
     python benchmarks/step_cost.py                       # CPU defaults (a narrow ResNet-18)
     python benchmarks/step_cost.py --device cuda --width 64 --batch-size 256
+    # the quality protocol
     OMP_NUM_THREADS=1 python benchmarks/step_cost.py --threads 1 --width 16 --image-size 16 \
-        --batch-size 256 --precision bf16 --rounds 5 --data ../shared/data/cifar10   # the quality protocol
+        --batch-size 256 --precision bf16 --rounds 5 --data ../shared/data/cifar10
 
 Without ``--data``, model work only: the batches are made once, up front. With ``--data
 ROOT`` (an image folder), the whole step: the next batch from the protocol's loader (PNG
@@ -53,7 +54,8 @@ def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def loader_batches(root: str, reco: bool, args: argparse.Namespace) -> Iterator[dict]:
-    """Endless training batches of the image folder ``root``, as the protocol's loader makes them."""
+    """Endless training batches of the image folder ``root``, as the protocol's loader makes
+    them."""
     data = SSLDataModule(
         name="imagefolder",
         root=root,
@@ -144,11 +146,12 @@ def main() -> None:
     work = f"whole step, data from {args.data}" if args.data else "model work only"
     print(
         f"# step cost ({work}): {args.backbone} width {args.width}, batch {args.batch_size}, "
-        f"{args.image_size} px, {args.device}, {args.precision}, {torch.get_num_threads()} threads, "
-        f"{args.rounds} rounds of {args.steps} steps"
+        f"{args.image_size} px, {args.device}, {args.precision}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps"
     )
     print(
-        "| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | over floor |"
+        "| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | "
+        "over floor |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name in args.methods:

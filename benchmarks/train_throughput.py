@@ -144,12 +144,14 @@ def main() -> None:
         else dict(name="digits", image_size=32)
     )
     print(
-        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, ResNet-18 width {args.width}, "
-        f"device {args.device}, loader workers {args.workers}, torch threads {torch.get_num_threads()}"
+        f"data: {args.root or 'digits at 32 px'}, batch {args.batch_size}, "
+        f"ResNet-18 width {args.width}, device {args.device}, loader workers {args.workers}, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(f"{args.rounds} rounds of {args.steps} steps each, settle {args.settle} s")
     print(
-        "\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | whole / model time | range | waiting for data |"
+        "\n| method | ReCo | views made on | model (img/s) | whole step (img/s) | "
+        "whole / model time | range | waiting for data |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     whole_step: dict[tuple[str, bool, str], float] = {}
@@ -183,7 +185,9 @@ def main() -> None:
                         )
 
                     def whole_round() -> None:
-                        nonlocal iterator
+                        # loader is only read: naming it keeps ruff from reporting it unbound
+                        # (F821, astral-sh/ruff#9858) because of the `del` after the rounds
+                        nonlocal iterator, loader
                         try:
                             whole, wait = time_whole(
                                 model, optimizer, iterator, datamodule, args.steps, args.device
@@ -207,8 +211,9 @@ def main() -> None:
                 ratio, low, high = median_ratio(whole_times, model_times)
                 whole_step[name, reco, augment] = whole_s
                 print(
-                    f"| {name} | {'on' if reco else 'off'} | {augment} | {args.batch_size / model_s:,.1f} | "
-                    f"{args.batch_size / whole_s:,.1f} | {ratio:.2f} | {low:.2f}-{high:.2f} | "
+                    f"| {name} | {'on' if reco else 'off'} | {augment} | "
+                    f"{args.batch_size / model_s:,.1f} | {args.batch_size / whole_s:,.1f} | "
+                    f"{ratio:.2f} | {low:.2f}-{high:.2f} | "
                     f"{statistics.median(waits) / whole_s:.1%} |",
                     flush=True,
                 )

@@ -42,8 +42,8 @@ def test_unknown_method_lists_the_choices(tmp_path):
     result = run_cli("+method=swav", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        "reco_lightning: error: +method=swav is unknown: choose one of +method=byol, +method=moco, +method=simclr, "
-        "+method=simsiam"
+        "reco_lightning: error: +method=swav is unknown: choose one of +method=byol, +method=moco, "
+        "+method=simclr, +method=simsiam"
     )
 
 
@@ -72,8 +72,10 @@ def test_an_error_from_a_loader_worker_reads_as_its_own_message():
     from reco_lightning.errors import ImageLoadError, one_line
 
     wrapped = ImageLoadError(
-        "Caught ImageLoadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-        '  File "x.py", line 1, in <module>\nreco_lightning.errors.ImageLoadError: cannot read image a/b.png: bad\n'
+        "Caught ImageLoadError in DataLoader worker process 0.\n"
+        "Original Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n'
+        "reco_lightning.errors.ImageLoadError: cannot read image a/b.png: bad\n"
     )
     assert one_line(wrapped) == "cannot read image a/b.png: bad"
     assert one_line(ValueError("plain\nmessage")) == "plain message"

@@ -155,7 +155,10 @@ def test_bad_checkpoints_and_formats_are_config_errors_and_write_nothing(tmp_pat
         ((truncated, "torchvision"), "not a readable checkpoint"),
         (
             (run, "timm"),
-            r"format=timm needs a backbone built from timm \(backbone.name=timm/...\); this one is resnet18: use format=torchvision",
+            (
+                r"format=timm needs a backbone built from timm \(backbone.name=timm/...\); "
+                r"this one is resnet18: use format=torchvision"
+            ),
         ),
         (
             (run, "torchvision", tmp_path / "out" / "weights.bin"),

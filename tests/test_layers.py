@@ -138,7 +138,9 @@ def test_every_subpackage_is_installed():
 def test_the_walker_finds_a_lazy_relative_import_of_a_higher_layer(tmp_path):
     fake = tmp_path / "fake.py"
     fake.write_text(
-        "import torch\n\ndef f():\n    from ..train import train\n    from .instance import nt_xent_loss\n"
+        "import torch\n\ndef f():\n"
+        "    from ..train import train\n"
+        "    from .instance import nt_xent_loss\n"
     )
     found = imports(fake, name="reco_lightning.losses.fake")
     assert found == {"reco_lightning.train", "reco_lightning.losses.instance"}

@@ -13,20 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reco_lightning.metrics.knn import knn_accuracy, weighted_knn_scores
-
-
-def weighted_knn_predict(*args, **kwargs):
-    """The class with most weighted votes."""
-    return weighted_knn_scores(*args, **kwargs).argmax(dim=1)
-
-
 from reco_lightning.losses.instance import byol_loss, info_nce_loss, nt_xent_loss
 from reco_lightning.losses.relation import (
     global_relation_loss,
     interpolation_target,
     local_interpolation_loss,
 )
+from reco_lightning.metrics.knn import knn_accuracy, weighted_knn_scores
+
+
+def weighted_knn_predict(*args, **kwargs):
+    """The class with most weighted votes."""
+    return weighted_knn_scores(*args, **kwargs).argmax(dim=1)
 
 
 # --------------------------------------------------------------------------- helpers

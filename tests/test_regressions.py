@@ -37,7 +37,7 @@ def _fill(model) -> None:
             queue.enqueue(F.normalize(torch.randn(queue.size, queue.features.shape[1]), dim=1))
 
 
-# --------------------------------------------------------------------------- CutMix on non-square images
+# ----------------------------------------------------------------- CutMix on non-square images
 def test_cutmix_box_on_a_wide_image_cuts_rows_by_height_and_columns_by_width(monkeypatch):
     centres = iter([4, 16])  # y drawn first (below the height 8), then x (below the width 32)
     monkeypatch.setattr(torch, "randint", lambda high, size, **kw: torch.tensor([next(centres)]))
@@ -92,7 +92,7 @@ def test_byols_local_term_trains_the_predictor():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.predictor.parameters())
 
 
-# --------------------------------------------------------------------------- the EMA teacher after step 0
+# ---------------------------------------------------------------- the EMA teacher after step 0
 @pytest.mark.parametrize("step", [0, 1, 7])
 def test_simclr_reco_takes_k2_from_its_own_teacher_at_every_step(step):
     """SimCLR passes its online ``z2`` as ``k2``; ReCo's own EMA teacher must compute its own,
@@ -119,7 +119,7 @@ def test_simclr_reco_takes_k2_from_its_own_teacher_at_every_step(step):
     assert not torch.allclose(enqueued[-1], online_z2, atol=1e-2)
 
 
-# --------------------------------------------------------------------------- the warm-up weighs ReCo only
+# ---------------------------------------------------------------- the warm-up weighs ReCo only
 def test_the_warmup_scales_recos_terms_and_never_the_method_loss(compose_config, tiny, tmp_path):
     """Through the Trainer (the warm-up needs one): at step s of a 3-step warm-up the loss is
     ``loss_method + (s / 3) * (loss_global + loss_local)``; at step 0 it is the method's alone."""

@@ -177,7 +177,8 @@ def test_cli_misspelt_key_without_plus_gets_did_you_mean(tmp_path):
     result = run_cli("+method=moco", "trainer.max_epoch=2", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        "reco_lightning: error: trainer.max_epoch is not a known setting: did you mean trainer.max_epochs?"
+        "reco_lightning: error: trainer.max_epoch is not a known setting: "
+        "did you mean trainer.max_epochs?"
     )
     assert not (tmp_path / "outputs").exists()
 
