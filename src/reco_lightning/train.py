@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .launch import local_ranks
 from .methods import METHODS, SSLMethod
 from .metrics_log import CSVHistoryLogger, MetricsHistory
+from .reco import FeatureQueue
 from .run_dir import (
     check_fresh,
     check_writable,
@@ -140,24 +141,18 @@ def build_method(
         datamodule.batch_size * trainer.world_size * int(cfg.trainer.accumulate_grad_batches)
     )
     arguments["lr"] *= global_batch / 256  # optimizer.lr is for a global batch of 256
-    sizes = {
-        f"method.{key}": value for key, value in method_settings.items() if key == "queue_size"
-    }
-    sizes.update(
-        {
-            f"reco.{key}": (reco or {}).get(key, global_batch)
-            for key in ("bank_size", "negatives_size")
-        }
-    )
-    for key, size in sizes.items():
-        if size < global_batch:
-            raise ConfigError(
-                f"{key}={size} cannot hold one global batch of {global_batch} keys: "
-                f"raise {key} (or dataset.queue_size) to at least {global_batch}"
-            )
-    return METHODS[name](
+    model = METHODS[name](
         num_classes=datamodule.num_classes, reco=reco, **arguments, **method_settings
     )
+    # Every queue a method or ReCo keeps is a FeatureQueue named by its setting, so this
+    # check knows no method: each must hold one global batch of keys.
+    for queue in model.modules():
+        if isinstance(queue, FeatureQueue) and queue.size < global_batch:
+            raise ConfigError(
+                f"{queue.name}={queue.size} cannot hold one global batch of {global_batch} keys: "
+                f"raise {queue.name} (or dataset.queue_size) to at least {global_batch}"
+            )
+    return model
 
 
 def train(

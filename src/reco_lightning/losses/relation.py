@@ -1,4 +1,5 @@
-"""ReCo's two relation terms as pure functions (see RECO.md for the definitions)."""
+"""ReCo's two relation terms as pure functions (Zhang et al., arXiv 2211.01796; the README's
+opening section says what each computes)."""
 
 from __future__ import annotations
 

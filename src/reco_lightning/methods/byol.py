@@ -31,7 +31,7 @@ class BYOL(SSLMethod):
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
 
-    reco_mix = "mixup"  # measured: docs/benchmarks.md, "Mixup for BYOL and MoCo"
+    reco_mix = "mixup"  # why: docs/benchmarks.md, "How the defaults were chosen"
 
     def __init__(
         self,

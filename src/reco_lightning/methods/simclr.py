@@ -18,7 +18,7 @@ class SimCLR(SSLMethod):
 
     With no target network, ReCo keeps an EMA copy of backbone and projector as its teacher
     (``reco.teacher=auto``): the weak view, ``k2`` and the local term's negatives come from
-    it. ``reco.teacher=online`` is an ablation that fails (docs/benchmarks.md).
+    it. ``reco.teacher=online`` is an ablation (docs/benchmarks.md has its result).
 
     Args:
         temperature: NT-Xent temperature.

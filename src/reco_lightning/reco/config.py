@@ -1,4 +1,4 @@
-"""ReCo's settings, with the defaults of RECO.md, checked once at construction."""
+"""ReCo's settings, with the paper's defaults, checked once at construction."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ class ReCoConfig:
     * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's momentum
       target if it has one (``target_embedding``), else ReCo's own EMA copy of the online
       network; ``ema`` always the copy (``teacher_momentum``, on the method's schedule);
-      ``online`` the online network under ``no_grad`` (an ablation that fails, see
+      ``online`` the online network under ``no_grad`` (an ablation, see
       docs/benchmarks.md).
-    * ``mix``: ``cutmix`` (RECO.md's), ``mixup``, or ``auto``, the method's choice
+    * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
     * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
     * ``scale``: ``absolute`` adds ``w * term``, which assumes a method loss of order 1-10
