@@ -286,42 +286,6 @@ def test_simclr_teacher_is_in_the_checkpoint_and_comes_back():
     assert not torch.equal(w_teacher, fresh.backbone.conv1.weight)
 
 
-@pytest.mark.parametrize("how", ["load_from_checkpoint", "on_load_checkpoint"])
-def test_a_checkpoint_with_the_old_key_names_loads(tmp_path, how):
-    """Checkpoints written before ReCo was one module kept its state under
-    ``relation_bank.``, ``reco_negatives.`` and ``reco_teacher.``."""
-    model = _moved_simclr()
-    renames = {
-        "reco.bank.": "relation_bank.",
-        "reco.negatives.": "reco_negatives.",
-        "reco.teacher.": "reco_teacher.",
-    }
-    legacy = {}
-    for key, value in model.state_dict().items():
-        for new, old in renames.items():
-            if key.startswith(new):
-                key = old + key[len(new) :]
-                break
-        legacy[key] = value
-    assert not any(k.startswith("reco.") for k in legacy)
-    assert {k.split(".")[0] for k in legacy} >= {"relation_bank", "reco_negatives", "reco_teacher"}
-    checkpoint = {
-        "state_dict": legacy,
-        "hyper_parameters": dict(model.hparams),
-        "pytorch-lightning_version": L.__version__,
-    }
-    if how == "load_from_checkpoint":
-        path = tmp_path / "old.ckpt"
-        torch.save(checkpoint, path)
-        loaded = SimCLR.load_from_checkpoint(path)  # strict: a key left unrenamed fails
-    else:
-        loaded = _simclr(teacher_momentum=0.5)
-        loaded.on_load_checkpoint(checkpoint)
-        loaded.load_state_dict(checkpoint["state_dict"])  # strict
-    _assert_same_reco_state(model, loaded)
-    assert torch.equal(loaded.backbone.conv1.weight, model.backbone.conv1.weight)
-
-
 def test_simclr_teacher_gets_no_gradient_and_is_not_optimised():
     model = _simclr()
     generator = torch.Generator().manual_seed(0)

@@ -9,30 +9,13 @@ imports nothing of the package but its errors, so that every layer may use it.
 from __future__ import annotations
 
 import difflib
-import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .errors import ConfigError
-
-
-def accepted_arguments(target: Callable[..., Any]) -> set[str]:
-    """Keyword names a constructor or function accepts (following ``**kwargs`` to bases)."""
-    names: set[str] = set()
-    classes = target.__mro__ if inspect.isclass(target) else ()
-    functions = [cls.__init__ for cls in classes if "__init__" in vars(cls)] or [target]
-    for function in functions:
-        parameters = inspect.signature(function).parameters
-        names |= {
-            n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-        }
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            break
-    names.discard("self")
-    return names
 
 
 def reject_unknown_keys(section: str, keys: Iterable[str], allowed: Iterable[str]) -> None:

@@ -53,52 +53,17 @@ def method_name(cls: type) -> str:
 
 
 def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
-    """The ``+method=`` name of the method that wrote ``checkpoint``, or None if unknown.
-
-    Checkpoints record it (:data:`METHOD_KEY`). For those written before they did, it is
-    the registered method whose arguments the saved hyperparameters are: all of them
-    accepted, and all of the method's own saved (``save_hyperparameters`` keeps defaults
-    too). A checkpoint of a method outside the registry fits none and gives None, so the
-    check is skipped rather than wrong.
-    """
+    """The ``+method=`` name of the method that wrote ``checkpoint`` (:data:`METHOD_KEY`,
+    which every checkpoint of this package records), or None for a checkpoint without the
+    record, for which the method check is skipped rather than guessed."""
     recorded = checkpoint.get(METHOD_KEY)
-    if isinstance(recorded, str):
-        return recorded
-    from ..config_checks import accepted_arguments
-    from . import METHODS
-
-    saved = set(checkpoint.get("hyper_parameters") or {})
-    shared = accepted_arguments(SSLMethod)
-    fits = [
-        name
-        for name, cls in METHODS.items()
-        if saved <= accepted_arguments(cls) and accepted_arguments(cls) - shared <= saved
-    ]
-    return fits[0] if len(fits) == 1 else None
+    return recorded if isinstance(recorded, str) else None
 
 
 def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
     """Whether ``checkpoint``'s weights hold a relation bank (every ReCo-on module has one):
     the weights say it even where ``load_from_checkpoint`` overrode the ``reco`` argument."""
-    return any(
-        key.startswith(("reco.bank.", "relation_bank.")) for key in checkpoint.get("state_dict", {})
-    )
-
-
-#: where checkpoints written before ReCo became one module kept its state, and where it is now
-LEGACY_RECO_KEYS = {
-    "relation_bank.": "reco.bank.",
-    "reco_negatives.": "reco.negatives.",
-    "reco_teacher.": "reco.teacher.",
-}
-
-
-def upgrade_reco_keys(state_dict: dict[str, Any]) -> None:
-    """Rename, in place, :data:`LEGACY_RECO_KEYS`, so older runs still resume."""
-    for key in list(state_dict):
-        for old, new in LEGACY_RECO_KEYS.items():
-            if key.startswith(old):
-                state_dict[new + key[len(old) :]] = state_dict.pop(key)
+    return any(key.startswith("reco.bank.") for key in checkpoint.get("state_dict", {}))
 
 
 def _describe(method: str | None, reco: bool) -> str:
@@ -495,7 +460,6 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         Lightning calls it before loading the weights (in :meth:`load_from_checkpoint` and on
         a resume), so the user reads what the checkpoint holds, not a list of missing keys."""
         self.check_checkpoint_fits(checkpoint)
-        upgrade_reco_keys(checkpoint.get("state_dict", {}))
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
