@@ -119,6 +119,7 @@ class Cell:
     overrides: tuple[str, ...] = field(default=())
     split: str = "test"  # "trainval": 20,000/5,000 of train/; "test": train/ and test/
     setting: str | None = None  # the validation setting
+    code: str | None = None  # a pinned commit of its own (None: its group's, see code_for)
 
     def arguments(self, data_root: str) -> list[str]:
         """The CLI's overrides, without the run directory (recorded as they are)."""
@@ -209,6 +210,30 @@ def px32_cells() -> list[Cell]:
     ]
 
 
+#: the code of the Barlow Twins cells: the commit that added the method (issue 24)
+BARLOW_CODE: str | None = None
+
+
+def barlow_cells() -> list[Cell]:
+    """Barlow Twins off and on, seed 0, validation split: the fifth method's quality (issue
+    24 asks for one seed); not part of the headline grid. Its code is :data:`BARLOW_CODE`."""
+    if BARLOW_CODE is None:
+        return []
+    return [
+        Cell(
+            f"val-barlow-{name}-s0",
+            "barlow",
+            name == "default",
+            0,
+            (),
+            "trainval",
+            name,
+            BARLOW_CODE,
+        )
+        for name in ("off", "default")
+    ]
+
+
 def groups() -> dict[str, list[Cell]]:
     chosen = {
         "val": val_cells(),
@@ -218,6 +243,7 @@ def groups() -> dict[str, list[Cell]]:
         "32px": px32_cells(),
     }
     chosen.update({f"val-{m}": val_cells(m) for m in METHODS})
+    chosen["barlow"] = barlow_cells()
     return chosen
 
 
@@ -234,6 +260,8 @@ def git(*arguments: str) -> str:
 
 def code_for(cell: Cell) -> str:
     """The commit ``cell`` runs."""
+    if cell.code is not None:
+        return cell.code
     if cell.split == "trainval":
         return VAL_CODE
     if TEST_CODE is None:
@@ -317,14 +345,16 @@ with initialize_config_module(config_module="reco_lightning.conf", version_base=
 reco = OmegaConf.to_container(cfg.reco, resolve=True)
 if reco.get("mix") == "auto":
     reco["mix"] = METHODS[method].reco_mix
+if reco.get("scale") == "auto":
+    reco["scale"] = getattr(METHODS[method], "reco_scale", "absolute")
 print(json.dumps(reco))
 """
 
 
 def resolved_reco(cell: Cell, data_root: str, tree: Path | None = None) -> dict[str, Any] | None:
     """The ReCo settings ``cell`` trains with under the code of ``tree`` (None: the installed
-    package), resolved as the CLI composes them, ``mix=auto`` made the method's choice; None
-    when ReCo is off."""
+    package), resolved as the CLI composes them, ``mix=auto`` and ``scale=auto`` made the
+    method's choices; None when ReCo is off."""
     if not cell.reco:
         return None
     command = [sys.executable, "-c", _RESOLVE, cell.method, json.dumps(cell.arguments(data_root))]

@@ -31,6 +31,7 @@ from ..reco.teacher import trainable_children
 from ..utils.momentum import OncePerOptimizerStep, ema_update, scheduled_momentum
 from ..utils.optim import build_optimizer, split_decay_groups, warmup_cosine
 from ..utils.rng import rng_states, set_rng_states
+from .registry import METHODS
 
 #: validation samples the per-epoch relation diagnostics use (pairwise cost grows as n^2)
 DIAGNOSTIC_SAMPLES = 5000
@@ -43,8 +44,6 @@ METHOD_KEY = "reco_lightning_method"
 def method_name(cls: type) -> str:
     """The ``+method=`` name of ``cls`` (``moco`` for MoCo and its subclasses); the class's
     own name for a method outside the registry."""
-    from . import METHODS
-
     for klass in cls.__mro__:
         for name, registered in METHODS.items():
             if klass is registered:
@@ -68,8 +67,6 @@ def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
 
 def _describe(method: str | None, reco: bool) -> str:
     """``MoCo with ReCo on (+method=moco +reco=on)``."""
-    from . import METHODS
-
     switch = "on" if reco else "off"
     if method is None:
         return f"a model with ReCo {switch} (+reco={switch})"
@@ -136,6 +133,9 @@ class SSLMethod(ReCoMixin, L.LightningModule):
     momentum_schedule: str = "constant"
     #: how ReCo's local term mixes the two strong views under ``reco.mix=auto``
     reco_mix: str = "cutmix"
+    #: how ReCo's terms weigh against the method loss under ``reco.scale=auto``: ``absolute``
+    #: suits a method loss of order 1-10, ``relative`` one far from it (see ReCoConfig)
+    reco_scale: str = "absolute"
 
     def __init__(
         self,
@@ -198,6 +198,7 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         options.setdefault("temperature", self.temperature)
         options.setdefault("momentum_schedule", self.momentum_schedule)
         options.setdefault("mix", self.reco_mix)
+        options.setdefault("scale", self.reco_scale)
         return ReCo.from_settings(self.hparams.get("reco"), embedding_dim, self, **options)
 
     @property
@@ -497,8 +498,6 @@ class SSLMethod(ReCoMixin, L.LightningModule):
 
 def _mismatch_message(method: str | None, reco: bool, loaded_into: str) -> str:
     """One line: what the checkpoint holds, what it was loaded into, and the two fixes."""
-    from . import METHODS
-
     switch = "on" if reco else "off"
     fix = f"resume it with the run's +reco={switch}"
     if method is not None:

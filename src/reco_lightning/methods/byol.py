@@ -14,8 +14,10 @@ from ..models import mlp_head
 from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
+from .registry import register_method
 
 
+@register_method("byol")
 class BYOL(SSLMethod):
     """BYOL with the cosine schedule of the target momentum (``momentum`` -> 1).
 

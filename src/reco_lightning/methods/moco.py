@@ -14,8 +14,10 @@ from ..models import mlp_head
 from ..reco.queue import FeatureQueue
 from ..utils.momentum import make_target
 from .base import MethodOutput, SSLMethod
+from .registry import register_method
 
 
+@register_method("moco")
 class MoCo(SSLMethod):
     """MoCo v2 with an optional symmetric loss.
 

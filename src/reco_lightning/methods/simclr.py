@@ -11,8 +11,10 @@ from ..errors import positive
 from ..losses.instance import nt_xent_loss
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
+from .registry import register_method
 
 
+@register_method("simclr")
 class SimCLR(SSLMethod):
     """SimCLR; the negatives of the whole global batch are gathered with gradients.
 

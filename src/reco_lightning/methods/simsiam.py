@@ -11,8 +11,10 @@ from ..errors import positive
 from ..losses.instance import byol_loss
 from ..models import mlp_head
 from .base import MethodOutput, SSLMethod
+from .registry import register_method
 
 
+@register_method("simsiam")
 class SimSiam(SSLMethod):
     """SimSiam: each view's prediction regresses the other view's projection, which gets no
     gradient; the loss is BYOL's ``2 - 2 cos``, SimSiam's negative cosine shifted by a constant.

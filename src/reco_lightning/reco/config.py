@@ -16,7 +16,7 @@ NEGATIVES = ("queue", "batch")
 #: which network is ReCo's teacher (see ReCoConfig)
 TEACHERS = ("auto", "ema", "online")
 #: what the weights multiply (see ReCoConfig)
-SCALES = ("absolute", "relative")
+SCALES = ("absolute", "relative")  # and "auto": the method's
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,15 @@ class ReCoConfig:
     * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
     * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
-    * ``scale``: ``absolute`` adds ``w * term``, which assumes a method loss of order 1-10
-      (each term is a cross-entropy over a bank, up to ``log(bank_size)`` nats);
-      ``relative`` adds ``w * (method loss / term) * term`` with the ratio taken without
-      gradient, so each term weighs ``w`` times the method's loss whatever its size (a
-      redundancy-reduction loss of ~2,000 or a BYOL loss of ~0.3 alike). The caller passes
-      the method loss to the call (``reco(..., method_loss=)``, ``reco_loss(batch,
-      method_loss=)``).
+    * ``scale``: ``auto`` (the default) takes the method's choice (``ReCo(..., scale=)``):
+      ``absolute`` for the built-in InfoNCE and BYOL-like methods and for user modules,
+      ``relative`` for Barlow Twins. ``absolute`` adds ``w * term``, which assumes a method
+      loss of order 1-10 (each term is a cross-entropy over a bank, up to
+      ``log(bank_size)`` nats); ``relative`` adds ``w * (method loss / term) * term`` with
+      the ratio taken without gradient, so each term weighs ``w`` times the method's loss
+      whatever its size (a redundancy-reduction loss of ~2,000 or a BYOL loss of ~0.3
+      alike). The caller passes the method loss to the call (``reco(..., method_loss=)``,
+      ``reco_loss(batch, method_loss=)``).
 
     >>> ReCoConfig(w_local=0.5, negatives="batch").teacher
     'auto'
@@ -59,7 +61,7 @@ class ReCoConfig:
     teacher: str = "auto"
     teacher_momentum: float = 0.99
     warmup_epochs: float = 2.0
-    scale: str = "absolute"
+    scale: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("tau_student", "tau_teacher", "alpha"):
@@ -80,7 +82,7 @@ class ReCoConfig:
             ("negatives", NEGATIVES),
             ("teacher", TEACHERS),
             ("mix", ["auto", *MIX_MODES]),
-            ("scale", SCALES),
+            ("scale", ["auto", *SCALES]),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
-from .config import ReCoConfig
+from .config import SCALES, ReCoConfig
 from .mixing import MIX_MODES, mix_views
 from .queue import FeatureQueue
 from .teacher import EMATeacher, trainable_children
@@ -111,6 +111,8 @@ class ReCo(nn.Module):
             lends a snapshot of it to each call (``negatives=``), so ReCo keeps none.
         momentum_schedule: ``constant`` or ``cosine``, the owner's; ReCo's teacher follows it.
         mix: the owner's choice of mixing (``cutmix`` or ``mixup``) for ``reco.mix=auto``.
+        scale: the owner's choice of weighting (``absolute`` or ``relative``) for
+            ``reco.scale=auto``: ``relative`` for a method loss far from order 1-10.
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class ReCo(nn.Module):
         borrows_negatives: bool = False,
         momentum_schedule: str = "constant",
         mix: str = "cutmix",
+        scale: str = "absolute",
     ) -> None:
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
@@ -136,6 +139,11 @@ class ReCo(nn.Module):
         if self.mix not in MIX_MODES:
             raise ConfigError(
                 f"ReCo(mix={mix!r}): the owner's mixing must be one of {list(MIX_MODES)}"
+            )
+        self.scale = checked.scale if checked.scale != "auto" else scale
+        if self.scale not in SCALES:
+            raise ConfigError(
+                f"ReCo(scale={scale!r}): the owner's weighting must be one of {list(SCALES)}"
             )
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
@@ -235,7 +243,7 @@ class ReCo(nn.Module):
         """
         progress = progress or TrainingProgress()
         config = self.config
-        if config.scale == "relative" and method_loss is None:
+        if self.scale == "relative" and method_loss is None:
             raise ConfigError(
                 "reco.scale=relative weighs the terms against the method's loss: pass "
                 "method_loss= to the ReCo call (reco_loss(batch, method_loss=loss)), or use "
@@ -285,7 +293,7 @@ class ReCo(nn.Module):
     def _relative_scale(self, method_loss: Tensor | None, term: Tensor) -> float | Tensor:
         """1 under ``reco.scale=absolute``; under ``relative``, the method loss over ``term``,
         detached (the factor carries no gradient), kept on the device (no host sync)."""
-        if self.config.scale == "absolute" or method_loss is None:
+        if self.scale == "absolute" or method_loss is None:
             return 1.0
         return method_loss.detach().float() / term.detach().float().clamp_min(1e-12)
 
@@ -323,5 +331,5 @@ class ReCo(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"teacher={self.teacher_kind}, negatives={self.config.negatives}, mix={self.mix}, "
-            f"tau_local={self.tau_local}"
+            f"tau_local={self.tau_local}, scale={self.scale}"
         )

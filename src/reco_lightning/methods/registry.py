@@ -1,0 +1,47 @@
+"""The registry of methods: each ``+method=`` name and the class it builds.
+
+A method registers itself where it is defined, with :func:`register_method`; the CLI's
+choices, the config schema (one ``schema/method/<name>`` node per method) and the checks
+that name a checkpoint's method all read :data:`METHODS`. Every module of this package is
+imported by its ``__init__``, so a new method is one module here and one preset,
+``conf/method/<name>.yaml``, and nothing else edited.
+
+>>> from reco_lightning.methods import METHODS
+>>> METHODS["moco"].__name__
+'MoCo'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+#: the names ``+method=`` accepts, and the class each builds (filled by :func:`register_method`)
+METHODS: dict[str, type] = {}
+
+Method = TypeVar("Method", bound=type)
+
+
+def register_method(name: str) -> Callable[[Method], Method]:
+    """Class decorator: ``+method=name`` builds the class.
+
+    >>> @register_method("mine")
+    ... class Mine:
+    ...     pass
+    >>> METHODS.pop("mine").__name__
+    'Mine'
+    """
+
+    def register(cls: Method) -> Method:
+        known = METHODS.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"+method={name} is taken by {known.__qualname__}: choose another name"
+            )
+        METHODS[name] = cls
+        return cls
+
+    return register
+
+
+__all__ = ["METHODS", "register_method"]
