@@ -211,7 +211,7 @@ def px32_cells() -> list[Cell]:
 
 
 #: the code of the Barlow Twins cells: the commit that added the method (issue 24)
-BARLOW_CODE: str | None = None
+BARLOW_CODE: str | None = "3a06192270e940fa4731ef5885abb701a251548d"
 
 
 def barlow_cells() -> list[Cell]:
