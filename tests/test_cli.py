@@ -185,3 +185,29 @@ def test_help_lists_the_presets_without_importing_lightning():
     for method in ("byol", "moco", "simclr", "simsiam"):
         assert f"    {method} " in done.stdout
     assert "+reco=" in done.stdout and "imagefolder" in done.stdout
+
+
+def test_a_preset_from_the_users_own_folder_inherits_a_shipped_one(tmp_path):
+    """``hydra.searchpath`` adds the user's folder: ``method/moco_long.yaml`` there builds on
+    the shipped ``method/moco`` and states only what differs."""
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "moco_long.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - moco\n  - _self_\nmethod:\n  queue_size: 8192\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reco_lightning",
+            "+method=moco_long",
+            f"hydra.searchpath=[file://{tmp_path}]",
+            "--cfg",
+            "job",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "name: moco\n" in done.stdout and "queue_size: 8192" in done.stdout
+    assert "name: lars" in done.stdout  # the shipped preset's optimizer, inherited
