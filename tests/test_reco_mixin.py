@@ -475,3 +475,17 @@ def test_either_base_order_works(order):
         loss = model.reco_loss(_batch(seed))
     assert loss.item() > 0
     assert int(model.reco.bank.num_enqueued) == 5 * B
+
+
+def test_a_reco_built_before_the_networks_says_to_build_it_last():
+    class Early(ReCoMixin, L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.reco = ReCo(CONFIG, DIM, self)  # before the encoder exists: nothing to copy
+            self.online = nn.Linear(4, DIM)
+
+        def online_embedding(self, images):
+            return F.normalize(self.online(images), dim=1)
+
+    with pytest.raises(ConfigError, match="build self.reco last in __init__.*teacher_modules="):
+        Early()

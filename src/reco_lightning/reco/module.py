@@ -161,6 +161,12 @@ class ReCo(nn.Module):
                 if teacher_modules
                 else trainable_children(owner, lambda n: n == "reco")
             )
+            if not names:
+                raise ConfigError(
+                    f"ReCo's EMA teacher found nothing to copy in {type(owner).__name__}: build "
+                    "self.reco last in __init__, after the networks that online_embedding runs "
+                    "through, or pass teacher_modules=[their names]"
+                )
             self.teacher = EMATeacher(owner, names)
 
     @classmethod
