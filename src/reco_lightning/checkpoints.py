@@ -4,11 +4,18 @@ An interrupted copy or a full disk leaves a truncated ``.ckpt``; ``torch.load`` 
 deep inside its zip or pickle reader with a message that does not name the file.
 :func:`read_checkpoint` (used by ``python -m reco_lightning.eval`` and by resume) names
 the file instead and suggests another checkpoint of the same run.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors, containers and plain
+values only, which is all a training checkpoint of this package holds. A file whose pickle
+asks for anything else (a ``__reduce__`` that would run code when it is opened) is refused
+with one line before any of it runs, so a checkpoint from someone else cannot run code
+through ``eval``, ``export`` or ``resume=``.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -48,40 +55,51 @@ def checkpoint_file(value: object, setting: str, alternatives: str) -> Path:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The contents of the training checkpoint at ``path``, on the CPU.
+    """The contents of the training checkpoint at ``path``, on the CPU, read safely.
 
     Raises:
-        ConfigError: (one line naming the file) it cannot be unpickled, or it is not a
-            Lightning checkpoint with ``state_dict`` and ``hyper_parameters``.
+        ConfigError: (one line naming the file) it holds objects other than tensors and
+            plain values, it cannot be unpickled, or it is not a Lightning checkpoint with
+            ``state_dict`` and ``hyper_parameters``.
     """
     path = Path(path)
     try:
-        # weights_only=False: Lightning checkpoints hold plain Python objects (hparams,
-        # loop state) besides tensors; only read checkpoints you trust.
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except UNREADABLE as error:
-        reason = " ".join(str(error).split()).split(". ")[0][
-            :120
-        ]  # torch's first sentence is the gist
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise ConfigError(_unreadable(path, error)) from None
+        found = re.search(r"(?:Unsupported global|GLOBAL) ?:? ?(?:GLOBAL )?([\w.]+)", str(error))
+        what = f" ({found.group(1)})" if found else ""
         raise ConfigError(
-            f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); "
-            "it may "
-            "have been truncated by an interrupted copy or write: use another "
-            f"checkpoint{_alternatives(path)}"
+            f"checkpoint {path} refused: it holds Python objects{what} that no training "
+            "checkpoint of this package holds, and opening them could run code; use a "
+            f"checkpoint that training wrote, from a source you trust{_alternatives(path)}"
         ) from None
+    except UNREADABLE as error:
+        raise ConfigError(_unreadable(path, error)) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         what = (
             f"a dict without {' and '.join(repr(k) for k in missing)}"
             if isinstance(state, dict)
-            else (f"a {type(state).__name__}")
+            else f"a {type(state).__name__}"
         )
         raise ConfigError(
             f"checkpoint {path} holds {what}, not a reco_lightning training checkpoint: pass a "
-            ".ckpt "
-            f"that training wrote (RUN/checkpoints/last.ckpt or best-*.ckpt){_alternatives(path)}"
+            ".ckpt that training wrote (RUN/checkpoints/last.ckpt or best-*.ckpt)"
+            f"{_alternatives(path)}"
         )
     return state
+
+
+def _unreadable(path: Path, error: BaseException) -> str:
+    """The one line for a truncated or foreign file (torch's first sentence is the gist)."""
+    reason = " ".join(str(error).split()).split(". ")[0][:120]
+    return (
+        f"checkpoint {path} is not a readable checkpoint ({type(error).__name__}: {reason}); "
+        "it may have been truncated by an interrupted copy or write: use another "
+        f"checkpoint{_alternatives(path)}"
+    )
 
 
 def _alternatives(path: Path) -> str:

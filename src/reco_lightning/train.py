@@ -196,7 +196,10 @@ def train(
         )
         started = time.time()
         trainer.fit(
-            model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None
+            model,
+            datamodule=datamodule,
+            ckpt_path=str(resume_from) if resume_from else None,
+            weights_only=True,  # read_checkpoint has vetted it; Lightning reads it safely too
         )
         elapsed = time.time() - started
         if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished

@@ -480,6 +480,7 @@ class SSLMethod(ReCoMixin, L.LightningModule):
         hyperparameters (a MoCo checkpoint's ``queue_size`` given to SimCLR)."""
         where = f"{checkpoint_path}: " if isinstance(checkpoint_path, (str, Path)) else ""
         try:
+            kwargs.setdefault("weights_only", True)  # tensors and plain values: runs no code
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except ConfigError as error:
             raise ConfigError(f"{where}{error}") from None
