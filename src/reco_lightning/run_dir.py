@@ -122,6 +122,50 @@ def _override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+#: the keys with which Hydra's ``instantiate`` builds objects: code, not settings
+INSTANTIATE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def load_stored_config(path: Path) -> DictConfig:
+    """A run directory's ``config.yaml``, read as data: a malformed file, or one that names
+    something to build (``_target_`` and Hydra's other instantiate keys), is a one-line
+    ConfigError. The trackers' classes come from the package's presets, never from here."""
+    try:
+        stored = OmegaConf.load(path)
+        container = OmegaConf.to_container(stored, resolve=False)
+    except Exception as error:  # noqa: BLE001 - YAML's and OmegaConf's errors, on one line
+        reason = " ".join(str(error).split())[:160]
+        raise ConfigError(
+            f"{path} is not a readable run config ({type(error).__name__}: {reason}): restore "
+            "it, or start a new run in another directory"
+        ) from None
+    if not isinstance(stored, DictConfig):
+        raise ConfigError(f"{path} holds no settings: restore it, or start a new run elsewhere")
+    for where, key in _instantiate_keys(container):
+        raise ConfigError(
+            f"{path}: {where}{key} is not a setting but something to build, which a run "
+            "directory cannot choose: remove it from config.yaml, or start a new run"
+        )
+    return stored
+
+
+def _instantiate_keys(node: Any, where: str = "") -> list[tuple[str, str]]:
+    """Every (path, key) in ``node`` whose key is one of :data:`INSTANTIATE_KEYS`."""
+    found: list[tuple[str, str]] = []
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        if isinstance(key, str) and key in INSTANTIATE_KEYS and not where.startswith("logger."):
+            found.append((where, key))
+        found += _instantiate_keys(value, f"{where}{key}.")
+    return found
+
+
 def config_for_resume(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str] | None, resume_arg: Any
 ) -> DictConfig:
@@ -130,8 +174,7 @@ def config_for_resume(
     they are ``None`` (a call from Python). Either way, a method, ReCo setting or dataset
     other than the stored run's is refused.
     """
-    stored = OmegaConf.load(run_dir / "config.yaml")
-    assert isinstance(stored, DictConfig)
+    stored = load_stored_config(run_dir / "config.yaml")
     given, was = _identity(cfg), _identity(stored)
     if overrides is None:
         stated = set(given)

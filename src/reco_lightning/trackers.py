@@ -28,6 +28,13 @@ TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
     "wandb": (("wandb",), "wandb"),
     "mlflow": (("mlflow",), "mlflow"),
 }
+#: the class each tracker is: the only ``_target_`` its node may name (a config from a run
+#: directory or a command line cannot make ``instantiate`` build anything else)
+TRACKER_CLASSES = {
+    "tensorboard": "lightning.pytorch.loggers.TensorBoardLogger",
+    "wandb": "lightning.pytorch.loggers.WandbLogger",
+    "mlflow": "lightning.pytorch.loggers.MLFlowLogger",
+}
 
 
 def _run_settings(name: str, settings: dict[str, Any], output_dir: Path) -> dict[str, Any]:
@@ -61,8 +68,17 @@ def build_trackers(
                 f'"reco_lightning[{extra}]"'
             )
         settings = _run_settings(name, as_dict(node, f"logger.{name}"), Path(output_dir))
+        target = settings.setdefault("_target_", TRACKER_CLASSES[name])
+        if target != TRACKER_CLASSES[name] or any(
+            key.startswith("_") for key in settings if key != "_target_"
+        ):
+            raise ConfigError(
+                f"logger.{name}._target_={target!r}: a tracker is built from its own class "
+                f"({TRACKER_CLASSES[name]}), with settings only; remove the other keys that "
+                "start with _"
+            )
         try:
-            trackers.append(instantiate(settings))
+            trackers.append(instantiate(settings, _recursive_=False))
         except Exception as error:  # noqa: BLE001 - the tracker's own message, on one line
             reason = " ".join(str(error).split())
             raise ConfigError(
