@@ -265,6 +265,41 @@ def truncate_last_checkpoint(run: str = "run") -> Setup:
     return setup
 
 
+class _Payload:
+    """Unpickled, it opens ``payload-ran`` for writing: the file shows whether it ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle's protocol
+        return (open, (str(self.marker), "w"))
+
+
+def crafted_checkpoint(dest: str) -> Setup:
+    """A file shaped like a training checkpoint whose pickle runs code when opened unsafely
+    (it would create ``payload-ran`` in the case's directory, which the table would list)."""
+
+    def setup(cwd: Path, fx: Fixtures) -> None:
+        import torch
+
+        (cwd / dest).parent.mkdir(parents=True, exist_ok=True)
+        payload = {"lr": _Payload(cwd / "payload-ran")}
+        torch.save({"state_dict": {}, "hyper_parameters": payload}, cwd / dest)
+
+    return setup
+
+
+def edit_run_config(text: str, run: str = "run") -> Setup:
+    """Copy the run, then add ``text`` to the top of its ``config.yaml``."""
+
+    def setup(cwd: Path, fx: Fixtures) -> None:
+        copy_run(run)(cwd, fx)
+        config = cwd / run / "config.yaml"
+        config.write_text(text + config.read_text())
+
+    return setup
+
+
 def both(*setups: Setup) -> Setup:
     def setup(cwd: Path, fx: Fixtures) -> None:
         for one in setups:
@@ -427,6 +462,27 @@ def cases() -> list[Case]:
         ),
         # -- evaluation
         Case("eval without checkpoint=", [*EVAL_QUICK], module=EVAL),
+        Case(
+            "resume=<crafted ckpt whose pickle runs code>",
+            tiny(*MOCO_RECO, "resume=crafted/checkpoints/last.ckpt"),
+            setup=crafted_checkpoint("crafted/checkpoints/last.ckpt"),
+        ),
+        Case(
+            "eval a crafted ckpt whose pickle runs code",
+            ["checkpoint=crafted.ckpt", *EVAL_QUICK],
+            module=EVAL,
+            setup=crafted_checkpoint("crafted.ckpt"),
+        ),
+        Case(
+            "resume=RUN_DIR whose config.yaml names a _target_",
+            tiny(*MOCO_RECO, "resume=run"),
+            setup=edit_run_config("callbacks:\n- _target_: os.getcwd\n"),
+        ),
+        Case(
+            "resume=RUN_DIR whose config.yaml is malformed",
+            tiny(*MOCO_RECO, "resume=run"),
+            setup=edit_run_config("seed: [0\n  method: {\n"),
+        ),
         Case(
             "eval a truncated ckpt",
             ["checkpoint=truncated.ckpt", *EVAL_QUICK],
