@@ -146,3 +146,34 @@ def test_slurm_launcher_config_composes_with_the_plugin(compose_config):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("reco.w_global=nan", "reco.w_global=nan must be a finite number >= 0"),
+        ("reco.tau_student=inf", "reco.tau_student=inf must be a finite number > 0"),
+        ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay=-0.0001 must be"),
+        ("optimizer.warmup_epochs=-1", "optimizer.warmup_epochs=-1.0 must be"),
+        ("optimizer.lr=-0.1", r"optimizer.lr=-0.1 must be"),  # as given, not scaled
+        ("seed=-1", r"seed=-1 must be a finite number in \[0, 4294967295\]"),
+        ("dataset.batch_size=1", "dataset.batch_size=1 must be .* >= 2: a method compares"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be"),
+        ("trainer.limit_train_batches=0", "trainer.limit_train_batches=0 trains nothing"),
+    ],
+)
+def test_every_numeric_setting_is_finite_and_in_its_declared_range(
+    compose_config, override, message
+):
+    from reco_lightning.schema import check_ranges
+
+    cfg = compose_config("+method=moco", "+reco=on", override)
+    with pytest.raises(ConfigError, match=message):
+        check_ranges(cfg)
+
+
+def test_the_shipped_presets_are_in_range(compose_config):
+    from reco_lightning.schema import check_ranges
+
+    for method in sorted(METHODS):
+        check_ranges(compose_config(f"+method={method}", "+reco=on"))

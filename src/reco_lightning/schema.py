@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config_checks import reject_unknown_keys
 from .data import SSLDataModule
+from .errors import ConfigError
 from .methods import METHODS
 from .reco import ReCoConfig
 
@@ -216,6 +218,74 @@ def reject_added_keys(cfg: DictConfig) -> None:
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
         if schema is not None and dataclasses.is_dataclass(schema):
             reject_unknown_keys(group, node.keys(), [f.name for f in dataclasses.fields(schema)])
+
+
+#: The range of every numeric setting, declared once here and checked once per run by
+#: :func:`check_ranges` (before any value is scaled or used): ``(low, high, low included,
+#: high included)``; every value must also be finite. ``dataset.batch_size`` is at least 2
+#: because every method compares an image with others in its batch (the negatives of an
+#: InfoNCE loss, the batch statistics of the projector's BatchNorm).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "seed": (0, 2**32 - 1, True, True),  # NumPy's seed range
+    "optimizer.lr": (0, math.inf, False, False),
+    "optimizer.weight_decay": (0, math.inf, True, False),
+    "optimizer.momentum": (0, 1, True, False),
+    "optimizer.warmup_epochs": (0, math.inf, True, False),
+    "optimizer.classifier_lr": (0, math.inf, False, False),
+    "knn.k": (1, math.inf, True, False),
+    "knn.temperature": (0, math.inf, False, False),
+    "diagnostics.term_grad_steps": (0, math.inf, True, False),
+    "dataset.batch_size": (2, math.inf, True, False),
+    "method.temperature": (0, math.inf, False, False),
+    "method.momentum": (0, 1, True, True),
+    "method.lambda_offdiag": (0, math.inf, False, False),
+    "reco.w_global": (0, math.inf, True, False),
+    "reco.w_local": (0, math.inf, True, False),
+    "reco.tau_student": (0, math.inf, False, False),
+    "reco.tau_teacher": (0, math.inf, False, False),
+    "reco.tau_local": (0, math.inf, False, False),
+    "reco.alpha": (0, math.inf, False, False),
+    "reco.teacher_momentum": (0, 1, True, True),
+    "reco.warmup_epochs": (0, math.inf, True, False),
+    "trainer.max_epochs": (1, math.inf, True, False),
+}
+
+
+def _describe_range(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    def number(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    if high == math.inf:
+        return f"{'>=' if low_in else '>'} {number(low)}"
+    return f"in {'[' if low_in else '('}{number(low)}, {number(high)}{']' if high_in else ')'}"
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """A one-line ConfigError for the first setting of :data:`RANGES` that is not a finite
+    number in its range, and for ``trainer.limit_train_batches=0`` (nothing would train)."""
+    for key, (low, high, low_in, high_in) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        fits = (value >= low if low_in else value > low) and (
+            value <= high if high_in else value < high
+        )
+        if not math.isfinite(value) or not fits:
+            raise ConfigError(
+                f"{key}={value} must be a finite number "
+                f"{_describe_range(low, high, low_in, high_in)}"
+                + (
+                    ": a method compares each image with others of its batch"
+                    if key == "dataset.batch_size"
+                    else ""
+                )
+            )
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches", default=None)
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit == 0:
+        raise ConfigError(
+            "trainer.limit_train_batches=0 trains nothing: give a positive number of "
+            "batches or a fraction of the epoch, or leave it out"
+        )
 
 
 def method_arguments(cfg: DictConfig) -> dict[str, Any]:

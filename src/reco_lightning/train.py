@@ -39,7 +39,7 @@ from .run_dir import (
     run_of_checkpoint,
     wants_resume,
 )
-from .schema import method_arguments, reject_added_keys
+from .schema import check_ranges, method_arguments, reject_added_keys
 from .trackers import build_trackers, log_config, log_summary
 from .utils.distributed import global_rank_from_environment
 from .utils.optim import check_optimizer
@@ -174,6 +174,7 @@ def train(
     cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
     require_method(cfg)
     reject_added_keys(cfg)
+    check_ranges(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     reco = reco_settings(cfg)
     datamodule = build_datamodule(cfg, weak_view=reco is not None)
