@@ -830,8 +830,8 @@ def plot_curves(results: dict[str, dict], out_dir: Path) -> None:
                 label=f"{'on' if r['reco'] else 'off'}, {kind}, seed {r['seed']}",
             )
         axis.set_xlabel("epoch")
-        axis.set_ylabel("kNN top-1 (%): val cells on 5,000 held-out, others on the test images")
-        axis.set_title(f"{method}: protocol {PROTOCOL}")
+        axis.set_ylabel("kNN top-1 (%)")
+        axis.set_title(f"{method}, {PROTOCOL}: val = 5,000 held-out training images, else test")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, ncol=2)
         figure.tight_layout()
