@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import os
@@ -245,23 +244,16 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
     run carries on), from the run's ``metrics.csv`` (which keeps every row across resumes)
     and the ``metrics-N.csv`` parts that runs made before it did, oldest first, so that an
     epoch that was run again after a resume takes its newer value."""
-    parts = sorted(run_dir.glob("metrics-*.csv"), key=lambda path: int(path.stem.split("-")[1]))
-    rows = []
-    for path in [*parts, run_dir / "metrics.csv"]:
-        if path.is_file():
-            with open(path, newline="") as handle:
-                rows += list(csv.DictReader(handle))
-    knn: dict[int, float] = {}
-    seconds: dict[int, float] = {}
-    for row in rows:
-        epoch = int(row["epoch"]) if row.get("epoch") else None
-        if epoch is None:
-            continue
-        if row.get("val/knn_acc"):
-            knn[epoch] = float(row["val/knn_acc"])
-        if row.get("time/train_s"):
-            seconds[epoch] = float(row["time/train_s"])
-    return [{"epoch": e + 1, "knn": knn[e], "train_s": seconds.get(e)} for e in sorted(knn)]
+    epochs = quality_v2.read_epochs(run_dir)
+    return [
+        {
+            "epoch": e + 1,
+            "knn": float(row["val/knn_acc"]),
+            "train_s": float(row["time/train_s"]) if "time/train_s" in row else None,
+        }
+        for e, row in sorted(epochs.items())
+        if "val/knn_acc" in row
+    ]
 
 
 def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
@@ -273,30 +265,7 @@ def run_cell(cell: Cell, protocol: str, data: Path) -> dict:
     run_dir = RUNS / protocol / cell.name
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(run_dir / "train.log", "a") as log:
-        subprocess.run(
-            cell.command(protocol, root, run_dir),
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-            cwd=ROOT,
-        )
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reco_lightning.eval",
-                f"checkpoint={run_dir}",
-                "map.enabled=false",
-                "progress=false",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-            cwd=ROOT,
-        )
+    quality_v2.train_and_evaluate(cell.command(protocol, root, run_dir), run_dir, env)
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = read_curve(run_dir)
     evaluation = json.loads((run_dir / "eval.json").read_text())

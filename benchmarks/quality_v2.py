@@ -504,6 +504,24 @@ def curve_and_terms(run_dir: Path) -> tuple[list[dict[str, float | None]], list[
     return curve, terms
 
 
+def train_and_evaluate(train_command: list[str], run_dir: Path, env: dict[str, str]) -> None:
+    """Train (or resume) with ``train_command``, then evaluate the run's last checkpoint with
+    ``python -m reco_lightning.eval``; both append to ``run_dir/train.log``."""
+    evaluate = [
+        sys.executable,
+        "-m",
+        "reco_lightning.eval",
+        f"checkpoint={run_dir}",
+        "map.enabled=false",
+        "progress=false",
+    ]
+    with open(run_dir / "train.log", "a") as log:
+        for command in (train_command, evaluate):
+            subprocess.run(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=ROOT
+            )
+
+
 def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
     """Train (or resume) and evaluate ``cell`` under its pinned code; write its result file
     once, at the end."""
@@ -531,37 +549,18 @@ def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
         started.write_text(commit + "\n")
     reco = resolved_reco(cell, data_root, tree)
     env = code_env(tree)
-    with open(run_dir / "train.log", "a") as log:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reco_lightning",
-                *cell.arguments(data_root),
-                f"hydra.run.dir={run_dir}",
-                "resume=auto",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-            cwd=ROOT,
-        )
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "reco_lightning.eval",
-                f"checkpoint={run_dir}",
-                "map.enabled=false",
-                "progress=false",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            check=True,
-            cwd=ROOT,
-        )
+    train_and_evaluate(
+        [
+            sys.executable,
+            "-m",
+            "reco_lightning",
+            *cell.arguments(data_root),
+            f"hydra.run.dir={run_dir}",
+            "resume=auto",
+        ],
+        run_dir,
+        env,
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     evaluation = json.loads((run_dir / "eval.json").read_text())
     curve, terms = curve_and_terms(run_dir)
