@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402  (the lightly models, and the check that lightly imports)
 
 from reco_lightning import methods as methods_module  # noqa: E402
-from reco_lightning import train as train_module  # noqa: E402
 from reco_lightning.methods.base import MethodOutput, SSLMethod  # noqa: E402
+from reco_lightning.run import train as train_module  # noqa: E402
 from reco_lightning.utils.optim import split_decay_groups  # noqa: E402
 
 

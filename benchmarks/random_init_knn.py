@@ -29,7 +29,7 @@ from torch import nn
 
 from reco_lightning.metrics.knn import knn_accuracy
 from reco_lightning.models import build_backbone
-from reco_lightning.train import build_datamodule
+from reco_lightning.run.train import build_datamodule
 
 
 def features(net: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:

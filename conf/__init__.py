@@ -1,6 +1,6 @@
 """Hydra configuration tree of reco_lightning (shipped inside the package). Importing it
-registers the config schema (:mod:`reco_lightning.schema`) that its presets build on."""
+registers the config schema (:mod:`reco_lightning.run.schema`) that its presets build on."""
 
-from reco_lightning.schema import register
+from reco_lightning.run.schema import register
 
 register()

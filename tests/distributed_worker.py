@@ -1,7 +1,7 @@
 """One rank of a two-process gloo job, started by ``tests/test_distributed.py``.
 
 ``python tests/distributed_worker.py queues OUT_DIR OVERRIDES...``
-    trains through :func:`reco_lightning.train.train` with ``strategy=ddp_cpu`` and saves
+    trains through :func:`reco_lightning.run.train.train` with ``strategy=ddp_cpu`` and saves
     every queue buffer of this rank to ``OUT_DIR/queues_rank{r}.pt``.
 ``python tests/distributed_worker.py knn OUT_DIR``
     feeds this rank's uneven share of a fixed bank and query set to a ``KNNMonitor`` and
@@ -41,7 +41,7 @@ class DumpQueues(L.Callback):
 def run_queues(out_dir: Path, overrides: list[str]) -> None:
     from hydra import compose, initialize_config_module
 
-    from reco_lightning.train import train
+    from reco_lightning.run.train import train
 
     with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

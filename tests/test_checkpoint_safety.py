@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from reco_lightning.checkpoints import read_checkpoint
 from reco_lightning.errors import ConfigError
+from reco_lightning.run.checkpoints import read_checkpoint
 
 
 class Payload:
@@ -89,7 +89,7 @@ def test_no_command_runs_a_crafted_checkpoint(tmp_path, command):
     ],
 )
 def test_a_stored_config_that_names_something_to_build_is_refused(tmp_path, text, named):
-    from reco_lightning.run_dir import load_stored_config
+    from reco_lightning.run.run_dir import load_stored_config
 
     (tmp_path / "config.yaml").write_text(text)
     with pytest.raises(ConfigError, match=rf"{named.replace('.', '[.]')} is not a setting"):
@@ -97,7 +97,7 @@ def test_a_stored_config_that_names_something_to_build_is_refused(tmp_path, text
 
 
 def test_a_malformed_stored_config_is_one_line(tmp_path):
-    from reco_lightning.run_dir import load_stored_config
+    from reco_lightning.run.run_dir import load_stored_config
 
     (tmp_path / "config.yaml").write_text("seed: [0\n  method: {")
     with pytest.raises(ConfigError, match="is not a readable run config") as error:
@@ -106,7 +106,7 @@ def test_a_malformed_stored_config_is_one_line(tmp_path):
 
 
 def test_the_shipped_logger_targets_still_load(tmp_path):
-    from reco_lightning.run_dir import load_stored_config
+    from reco_lightning.run.run_dir import load_stored_config
 
     (tmp_path / "config.yaml").write_text(
         "logger:\n  tensorboard:\n    _target_: lightning.pytorch.loggers.TensorBoardLogger\n"
@@ -116,7 +116,7 @@ def test_the_shipped_logger_targets_still_load(tmp_path):
 
 
 def test_a_tracker_is_built_from_its_own_class_only(tmp_path):
-    from reco_lightning.trackers import build_trackers
+    from reco_lightning.run.trackers import build_trackers
 
     with pytest.raises(ConfigError, match=r"logger.tensorboard._target_='builtins.print'"):
         build_trackers(OmegaConf.create({"tensorboard": {"_target_": "builtins.print"}}), tmp_path)

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from reco_lightning.errors import ConfigError
 from reco_lightning.methods import METHODS, SSLMethod
 from reco_lightning.reco import ReCoConfig
-from reco_lightning.schema import method_arguments, reject_added_keys
-from reco_lightning.train import reco_settings, require_method
+from reco_lightning.run.schema import method_arguments, reject_added_keys
+from reco_lightning.run.train import reco_settings, require_method
 
 DATASETS = ["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
 
@@ -52,7 +52,7 @@ def test_reco_defaults_follow_reco_md(compose_config):
 def test_reco_off_and_absent_mean_the_same_run(compose_config):
     assert reco_settings(compose_config("+method=moco")) is None
     assert reco_settings(compose_config("+method=moco", "+reco=off")) is None
-    assert reco_settings(compose_config("+method=moco", "+reco=on"))["w_global"] == 1.0
+    assert reco_settings(compose_config("+method=moco", "+reco=on")).w_global == 1.0
 
 
 def test_missing_method_lists_the_choices(compose_config):
@@ -121,7 +121,7 @@ def test_presets_state_only_what_differs_from_the_constructors(compose_config):
 def test_invalid_reco_value_names_the_setting(compose_config):
     cfg = compose_config("+method=moco", "+reco=on", "reco.tau_teacher=0")
     with pytest.raises(ConfigError, match="reco.tau_teacher"):
-        ReCoConfig.from_mapping(reco_settings(cfg))
+        reco_settings(cfg)
 
 
 def test_slurm_launcher_config_composes_with_the_plugin(compose_config):
@@ -165,7 +165,7 @@ def test_slurm_launcher_config_composes_with_the_plugin(compose_config):
 def test_every_numeric_setting_is_finite_and_in_its_declared_range(
     compose_config, override, message
 ):
-    from reco_lightning.schema import check_ranges
+    from reco_lightning.run.schema import check_ranges
 
     cfg = compose_config("+method=moco", "+reco=on", override)
     with pytest.raises(ConfigError, match=message):
@@ -173,7 +173,7 @@ def test_every_numeric_setting_is_finite_and_in_its_declared_range(
 
 
 def test_the_shipped_presets_are_in_range(compose_config):
-    from reco_lightning.schema import check_ranges
+    from reco_lightning.run.schema import check_ranges
 
     for method in sorted(METHODS):
         check_ranges(compose_config(f"+method={method}", "+reco=on"))

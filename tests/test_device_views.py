@@ -8,7 +8,7 @@ import torch
 from reco_lightning.data import SSLDataModule
 from reco_lightning.data.device_views import DeviceViews
 from reco_lightning.methods import METHODS
-from reco_lightning.train import train
+from reco_lightning.run.train import train
 
 
 @pytest.fixture

@@ -158,7 +158,7 @@ def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
     assert [p.name for p in sweep.rglob("multirun.yaml")] == ["multirun.yaml"]
 
     report = subprocess.run(
-        [sys.executable, "-m", "reco_lightning.report", str(sweep)],
+        [sys.executable, "-m", "reco_lightning.run.report", str(sweep)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -173,7 +173,7 @@ def test_ddp_sweep_runs_each_job_in_its_directory_and_reports(tmp_path):
 
 def test_report_on_a_directory_without_jobs_is_a_message(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "reco_lightning.report", str(tmp_path)],
+        [sys.executable, "-m", "reco_lightning.run.report", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -19,11 +19,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from reco_lightning.checkpoints import read_checkpoint
 from reco_lightning.errors import ConfigError
-from reco_lightning.eval.run import DEFAULT_KNN, evaluate, knn_settings
 from reco_lightning.methods import BYOL, MoCo, SimCLR
-from reco_lightning.methods.base import METHOD_KEY
+from reco_lightning.run.checkpoints import METHOD_KEY, read_checkpoint
+from reco_lightning.run.evaluate import DEFAULT_KNN, evaluate, knn_settings
 
 from .conftest import TINY
 
@@ -37,7 +36,7 @@ QUICK = [
 
 
 def _train(out_dir: Path, *overrides: str) -> Path:
-    from reco_lightning.train import train
+    from reco_lightning.run.train import train
 
     with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, *TINY])

@@ -22,7 +22,6 @@ import torchvision
 from hydra import compose, initialize_config_module
 
 from reco_lightning.errors import ConfigError
-from reco_lightning.eval.run import load_backbone
 from reco_lightning.export import (
     FORMATS,
     backbone_weights,
@@ -33,6 +32,7 @@ from reco_lightning.export import (
     output_path,
 )
 from reco_lightning.models import build_backbone
+from reco_lightning.run.evaluate import load_backbone
 
 from .conftest import TINY
 
@@ -258,7 +258,7 @@ def run_export_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 # -- slow: trained runs -----------------------------------------------------------------------
 def _train(out_dir: Path, *overrides: str) -> Path:
-    from reco_lightning.train import train
+    from reco_lightning.run.train import train
 
     keys = {o.split("=", 1)[0] for o in overrides}
     tiny = [o for o in TINY if o.split("=", 1)[0] not in keys]

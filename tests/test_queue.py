@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from reco_lightning.errors import ConfigError
-from reco_lightning.reco.queue import FeatureQueue
+from reco_lightning.models.queue import FeatureQueue
 
 
 def _keys(start: int, n: int, dim: int = 3) -> torch.Tensor:

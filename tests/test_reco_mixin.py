@@ -18,10 +18,10 @@ from reco_lightning.losses.relation import (
     interpolation_target,
     local_interpolation_loss,
 )
+from reco_lightning.models.queue import FeatureQueue
 from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin
 from reco_lightning.reco import module as reco_module
 from reco_lightning.reco.mixing import mix_views
-from reco_lightning.reco.queue import FeatureQueue
 
 B, C, S, DIM = 4, 3, 8, 8
 CONFIG = {"bank_size": 16, "negatives_size": 16}

@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from reco_lightning.errors import ConfigError
 from reco_lightning.losses.relation import global_relation_loss, interpolation_target
 from reco_lightning.methods import BYOL, MoCo, SimCLR
+from reco_lightning.models.queue import FeatureQueue
 from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin, TrainingProgress, training_progress
 from reco_lightning.reco import mixin as mixin_module
 from reco_lightning.reco import module as reco_module
 from reco_lightning.reco.mixing import mix_views
-from reco_lightning.reco.queue import FeatureQueue
 from reco_lightning.reco.teacher import EMATeacher
 from reco_lightning.utils.momentum import OncePerOptimizerStep
 
@@ -672,3 +672,51 @@ def test_warmup_weight_zero_adds_nothing(monkeypatch):
     assert terms.weighted.item() == pytest.approx(
         0.5 * (terms.global_ + terms.local).item(), rel=1e-6
     )
+
+
+class ProbedImageNet(L.LightningModule):
+    """A user module with an encoder, a head, a probe and an unused spare network: only the
+    encoder and the head make the embedding."""
+
+    def __init__(self, reco: dict | None = None, example: torch.Tensor | None = None):
+        super().__init__()
+        if example is not None:
+            self.example_input_array = example
+        self.encoder = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, 8)
+        self.probe = nn.Linear(4, 10)
+        self.spare = nn.Linear(4, 4)
+        self.reco = ReCo.from_settings(reco or {"bank_size": 16}, 8, self)
+
+    def online_embedding(self, x):
+        return F.normalize(self.head(self.encoder(x)), dim=1)
+
+
+def test_ema_teacher_copies_only_what_the_embedding_runs_through():
+    net = ProbedImageNet()
+    assert list(net.reco.teacher.copies) == ["encoder", "head"]  # no probe, no spare
+    assert all(module.training for module in net.modules())  # the trace left modes alone
+
+
+def test_the_owners_example_input_decides_the_traced_modules():
+    net = ProbedImageNet(example=torch.zeros(1, 3, 8, 8))
+    assert list(net.reco.teacher.copies) == ["encoder", "head"]
+
+
+def test_an_embedding_the_example_cannot_run_copies_every_trainable_child():
+    """Vectors, not images: the 3x32x32 example fails, so every trainable child is copied
+    (documented); with an example_input_array of its inputs the probe is left out."""
+
+    class VectorNet(L.LightningModule):
+        def __init__(self, example=None):
+            super().__init__()
+            if example is not None:
+                self.example_input_array = example
+            self.encoder, self.probe = nn.Linear(6, 8), nn.Linear(8, 2)
+            self.reco = ReCo({"bank_size": 16}, 8, self)
+
+        def online_embedding(self, x):
+            return F.normalize(self.encoder(x), dim=1)
+
+    assert list(VectorNet().reco.teacher.copies) == ["encoder", "probe"]
+    assert list(VectorNet(torch.zeros(2, 6)).reco.teacher.copies) == ["encoder"]

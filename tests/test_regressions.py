@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from reco_lightning.methods import BYOL, SimCLR
 from reco_lightning.reco import TrainingProgress, mixing
 from reco_lightning.reco.mixing import cutmix_box, mix_views
-from reco_lightning.train import train
+from reco_lightning.run.train import train
 
 RECO = {"bank_size": 64, "negatives_size": 64}
 TINY = dict(

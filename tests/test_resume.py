@@ -17,7 +17,7 @@ import torch
 
 from reco_lightning.errors import ConfigError, NonFiniteLossError
 from reco_lightning.methods import METHODS
-from reco_lightning.train import train
+from reco_lightning.run.train import train
 
 #: each test trains, interrupts and resumes whole runs: in `pytest -m slow`
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from reco_lightning.errors import ConfigError, NonFiniteLossError
-from reco_lightning.train import train
+from reco_lightning.run.train import train
 
 #: each test trains or runs the command line: in `pytest -m slow`
 pytestmark = pytest.mark.slow

@@ -8,10 +8,10 @@ import importlib.util
 import pytest
 from omegaconf import OmegaConf
 
-from reco_lightning import trackers as trackers_module
 from reco_lightning.errors import ConfigError
-from reco_lightning.trackers import build_trackers
-from reco_lightning.train import train
+from reco_lightning.run import trackers as trackers_module
+from reco_lightning.run.trackers import build_trackers
+from reco_lightning.run.train import train
 
 
 def test_the_default_is_the_csv_log_alone(compose_config, tmp_path):

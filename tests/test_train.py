@@ -13,7 +13,7 @@ import torch
 
 from reco_lightning.errors import ConfigError, ImageLoadError
 from reco_lightning.methods import METHODS
-from reco_lightning.train import train
+from reco_lightning.run.train import train
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -162,7 +162,7 @@ def test_corrupt_image_stops_training_with_its_path(compose_config, tiny, tmp_pa
 
 @pytest.mark.slow
 def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
-    from reco_lightning.train import build_datamodule, build_method, build_trainer
+    from reco_lightning.run.train import build_datamodule, build_method, build_trainer
 
     cfg = compose_config("+method=moco", "+reco=on", *tiny, "backbone.channels_last=true")
     summary = train(cfg, tmp_path)
@@ -177,7 +177,7 @@ def test_channels_last_backbone_trains(compose_config, tiny, tmp_path):
 
 
 def test_fast_path_settings_reach_the_module(compose_config, tiny, tmp_path):
-    from reco_lightning.train import build_datamodule, build_method, build_trainer
+    from reco_lightning.run.train import build_datamodule, build_method, build_trainer
 
     cfg = compose_config(
         "+method=simclr",
@@ -199,7 +199,7 @@ def test_fast_path_settings_reach_the_module(compose_config, tiny, tmp_path):
 def test_zero_init_residual_setting_reaches_the_backbone(compose_config, tiny, tmp_path, setting):
     from torchvision.models.resnet import BasicBlock
 
-    from reco_lightning.train import build_datamodule, build_method, build_trainer
+    from reco_lightning.run.train import build_datamodule, build_method, build_trainer
 
     cfg = compose_config("+method=byol", *tiny, f"backbone.zero_init_residual={setting}")
     model = build_method(
@@ -215,11 +215,13 @@ def test_method_ema_moves_once_per_optimizer_step_with_accumulation(
     compose_config, tiny, tmp_path, method, monkeypatch
 ):
     """4 micro-batches with accumulate_grad_batches=2: the target moves twice, not four times."""
-    import reco_lightning.methods.base as base
+    import reco_lightning.methods.momentum as momentum
 
     updates = []
-    original = base.ema_update
-    monkeypatch.setattr(base, "ema_update", lambda t, o, m: updates.append(m) or original(t, o, m))
+    original = momentum.ema_update
+    monkeypatch.setattr(
+        momentum, "ema_update", lambda t, o, m: updates.append(m) or original(t, o, m)
+    )
     cfg = compose_config(
         f"+method={method}",
         *tiny,

@@ -1,28 +1,38 @@
 """``python -m reco_lightning +method=moco +reco=on``: the Hydra entry point.
 
-Before Hydra starts, :mod:`reco_lightning.cli_checks` checks the command line for what
-Hydra would report badly. After the job, a run directory that this job created but did not
-use (a failed start, or a resume that continued elsewhere) is removed.
+``--help`` is answered first, from the presets alone, before Hydra and Lightning are
+imported (:mod:`reco_lightning.run.cli_help`). Then, before Hydra starts,
+:mod:`reco_lightning.run.cli_checks` checks the command line for what Hydra would report
+badly. After the job, a run directory that this job created but did not use (a failed
+start, or a resume that continued elsewhere) is removed.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from .run.cli_help import print_help, wants_help
 
-from .errors import RecoLightningError, one_line
+if __name__ == "__main__" and wants_help(sys.argv[1:]):
+    print_help()  # without composing the config, so without importing Lightning
+    sys.exit(0)
+
+# past --help: what training needs (Hydra, and through train, Lightning)
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from .errors import RecoLightningError, one_line  # noqa: E402
+from .run.cli_checks import check_or_exit  # noqa: E402
+from .run.run_dir import hydra_files_only, remove_if_unused  # noqa: E402
+from .run.train import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the final kNN accuracy (for Hydra sweepers that optimise it)."""
-    from .run_dir import hydra_files_only, remove_if_unused
-    from .train import train  # imported here so that `--help` stays fast
-
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     created_now = hydra_files_only(hydra_dir)
     try:
@@ -38,12 +48,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    if any(argument in ("--help", "-h") for argument in sys.argv[1:]):
-        from .cli_help import print_help
-
-        print_help()  # without composing the config, so without importing Lightning
-        sys.exit(0)
-    from .cli_checks import check_or_exit
-
     check_or_exit("reco_lightning", sys.argv[1:])  # before Hydra creates the run directory
     main()

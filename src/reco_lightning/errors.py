@@ -38,6 +38,24 @@ def positive(setting: str, value: float) -> float:
     return value
 
 
+def whole_number(setting: str, value: object, minimum: int = 1, hint: str = "") -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``, else a ConfigError
+    that names ``setting`` and ends with ``hint`` (what the setting means, or how to fix it).
+
+    >>> whole_number("dataset.num_workers", 0, minimum=0)
+    0
+    >>> whole_number("knn.k", 2.5, hint="neighbours")
+    Traceback (most recent call last):
+    reco_lightning.errors.ConfigError: knn.k=2.5 must be a whole number >= 1: neighbours
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{setting}={value!r} must be a whole number >= {minimum}"
+            + (f": {hint}" if hint else "")
+        )
+    return value
+
+
 def fraction(setting: str, value: float) -> float:
     """``value`` if it lies in [0, 1] (a momentum), else a ConfigError that names ``setting``."""
     if not 0.0 <= value <= 1.0:

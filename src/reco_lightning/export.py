@@ -24,8 +24,12 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import read_checkpoint
+from .data import datasets as d
 from .errors import ConfigError, RecoLightningError, one_line
+from .models.backbones import RESNET_LAYOUTS, TIMM_PREFIX, timm_backbone
+from .run.checkpoints import checkpoint_has_reco, checkpoint_method, read_checkpoint
+from .run.cli_checks import check_or_exit
+from .run.evaluate import backbone_from_state, resolve_checkpoint, run_directory
 
 #: the file extension of each format
 FORMATS: dict[str, str] = {
@@ -88,8 +92,6 @@ def describe_architecture(hparams: Mapping[str, Any]) -> dict[str, Any]:
     >>> describe_architecture(hparams)["plain_torchvision"]
     True
     """
-    from .models.backbones import RESNET_LAYOUTS, TIMM_PREFIX, timm_backbone
-
     name = str(hparams.get("backbone", "resnet18"))
     if name.startswith(TIMM_PREFIX):
         _, feature_dim = timm_backbone(name.removeprefix(TIMM_PREFIX))
@@ -198,8 +200,6 @@ def normalisation(dataset: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """
     if not dataset or not dataset.get("name"):
         return None
-    from .data import datasets as d
-
     name = str(dataset["name"]).strip().lower()
     fixed = {
         "cifar10": (d.CIFAR10_MEAN, d.CIFAR10_STD),
@@ -358,9 +358,6 @@ def export_backbone(
         ConfigError: an unknown format, a missing, truncated or foreign checkpoint, a
             missing optional package or an unwritable output; one line each.
     """
-    from .eval.run import backbone_from_state, resolve_checkpoint, run_directory
-    from .methods.base import checkpoint_has_reco, checkpoint_method
-
     fmt = check_format(fmt)
     path = resolve_checkpoint(checkpoint)
     run_dir = run_directory(path)
@@ -502,8 +499,6 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    from .cli_checks import check_or_exit
-
     check_or_exit(
         "reco_lightning.export", sys.argv[1:], "export"
     )  # a misspelt key gets a did-you-mean

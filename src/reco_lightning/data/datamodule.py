@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from ..errors import ConfigError
+from ..errors import ConfigError, whole_number
 from . import views as _views
 from .datasets import DatasetSplits, _positive_int, build_datasets
 from .device_views import DeviceViews
@@ -208,12 +208,12 @@ class SSLDataModule(L.LightningDataModule):
             self.eval_batch_size = _positive_int(
                 eval_batch_size, "dataset.eval_batch_size", eval_hint
             )
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError(
-                f"dataset.num_workers={num_workers!r} is negative or not an integer: set "
-                "dataset.num_workers to 0 (load in the main process) or a positive count"
-            )
-        self.num_workers = num_workers
+        self.num_workers = whole_number(
+            "dataset.num_workers",
+            num_workers,
+            0,
+            "0 loads in the main process, N > 0 in N worker processes",
+        )
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()  # pinning needs a GPU
         self.persistent_workers = bool(persistent_workers) and num_workers > 0
         self.use_weak_view = bool(weak_view)

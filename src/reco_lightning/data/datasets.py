@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, ImageFolder
 
-from ..errors import ConfigError, ImageLoadError
+from ..errors import ConfigError, ImageLoadError, whole_number
 from ..utils.distributed import global_rank_from_environment
 
 DATASET_CHOICES: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")
@@ -343,9 +343,7 @@ def _build_imagefolder(root: str | None, image_size: int | None) -> DatasetSplit
 
 # --------------------------------------------------------------------------- entry point
 def _positive_int(value: Any, key: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{key}={value!r} is not a positive integer: {hint}")
-    return value
+    return whole_number(key, value, 1, hint)
 
 
 def _check_image_size(image_size: Any) -> int:

@@ -1,5 +1,5 @@
 """``python -m reco_lightning.eval checkpoint=PATH``: kNN and linear evaluation, relation
-diagnostics and a feature map of a trained backbone (see :mod:`reco_lightning.eval.run`)."""
+diagnostics and a feature map of a trained backbone (see :mod:`reco_lightning.run.evaluate`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import hydra
 from omegaconf import DictConfig
 
 from ..errors import RecoLightningError, one_line
+from ..run.cli_checks import check_or_exit
+from ..run.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    from .run import evaluate
-
     try:
         evaluate(cfg)
     except RecoLightningError as error:
@@ -23,7 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from ..cli_checks import check_or_exit
-
     check_or_exit("reco_lightning.eval", sys.argv[1:], "eval")  # a misspelt key gets a did-you-mean
     main()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
+
 
 def _pyplot():
     import matplotlib
@@ -39,8 +41,6 @@ def embed_2d(features: Tensor, method: str = "tsne", seed: int = 0) -> Tensor:
                 umap.UMAP(random_state=seed, metric="cosine").fit_transform(points)
             )
     if method != "tsne":
-        from ..errors import ConfigError
-
         raise ConfigError(f"map.method={method!r} is not known: use tsne or umap")
     from sklearn.manifold import TSNE
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import fraction, positive
 from ..losses.instance import byol_loss
 from ..models import mlp_head
-from ..utils.momentum import make_target
 from ..utils.optim import split_decay_groups
 from .base import MethodOutput, SSLMethod
+from .momentum import ProjectedTarget
 from .registry import register_method
 
 
 @register_method("byol")
-class BYOL(SSLMethod):
+class BYOL(ProjectedTarget, SSLMethod):
     """BYOL with the cosine schedule of the target momentum (``momentum`` -> 1).
 
     For ReCo the online embedding is the predictor's output and the target embedding the
@@ -50,11 +49,9 @@ class BYOL(SSLMethod):
         self.base_momentum = fraction("method.momentum", momentum)
         self.momentum_schedule = "cosine"
         self.temperature = positive("method.temperature", temperature)
-        self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.predictor = mlp_head(proj_output_dim, pred_hidden_dim, proj_output_dim)
-        self.target_backbone = make_target(self.backbone)
-        self.target_projector = make_target(self.projector)
+        self.make_target_networks()
         self.reco = self.make_reco(proj_output_dim)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -72,10 +69,6 @@ class BYOL(SSLMethod):
     def online_embedding(self, images: Tensor) -> Tensor:
         return F.normalize(self.predictor(self.projector(self.backbone(images))), dim=1)
 
-    @torch.no_grad()
-    def target_embedding(self, images: Tensor) -> Tensor:
-        return F.normalize(self.target_projector(self.target_backbone(images)), dim=1)
-
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         features1 = self.backbone(view1)
         p1 = F.normalize(self.predictor(self.projector(features1)), dim=1)
@@ -84,6 +77,3 @@ class BYOL(SSLMethod):
         k2 = self.target_embedding(view2)
         loss = (byol_loss(p1, k2) + byol_loss(p2, k1)) / 2
         return MethodOutput(loss, p1, k2, features1)
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]

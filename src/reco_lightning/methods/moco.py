@@ -6,19 +6,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import ConfigError, fraction, positive
 from ..losses.instance import info_nce_loss
-from ..models import mlp_head
-from ..reco.queue import FeatureQueue
-from ..utils.momentum import make_target
+from ..models import FeatureQueue, mlp_head
 from .base import MethodOutput, SSLMethod
+from .momentum import ProjectedTarget
 from .registry import register_method
 
 
 @register_method("moco")
-class MoCo(SSLMethod):
+class MoCo(ProjectedTarget, SSLMethod):
     """MoCo v2 with an optional symmetric loss.
 
     Each step scores against a clone of the queue, then enqueues its keys. With
@@ -63,21 +62,15 @@ class MoCo(SSLMethod):
         self.base_momentum = fraction("method.momentum", momentum)
         self.momentum_schedule = momentum_schedule
         self.symmetric = symmetric
-        self.embedding_dim = proj_output_dim
         self.projector = mlp_head(
             self.feature_dim, proj_hidden_dim, proj_output_dim, output_bn=proj_output_bn
         )
-        self.target_backbone = make_target(self.backbone)
-        self.target_projector = make_target(self.projector)
+        self.make_target_networks()
         self.queue = FeatureQueue(queue_size, proj_output_dim, name="method.queue_size")
         self.reco = self.make_reco(proj_output_dim, borrows_negatives=True)
 
     def online_embedding(self, images: Tensor) -> Tensor:
         return F.normalize(self.projector(self.backbone(images)), dim=1)
-
-    @torch.no_grad()
-    def target_embedding(self, images: Tensor) -> Tensor:
-        return F.normalize(self.target_projector(self.target_backbone(images)), dim=1)
 
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         features1 = self.backbone(view1)
@@ -95,6 +88,3 @@ class MoCo(SSLMethod):
         else:
             self.queue.enqueue(k2)
         return MethodOutput(loss, q1, k2, features1, negatives=written)
-
-    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.backbone, self.target_backbone), (self.projector, self.target_projector)]

@@ -44,4 +44,23 @@ def register_method(name: str) -> Callable[[Method], Method]:
     return register
 
 
-__all__ = ["METHODS", "register_method"]
+def registered_name(cls: type) -> str:
+    """The ``+method=`` name of ``cls`` (``moco`` for MoCo and its subclasses); the class's
+    own name for a method outside the registry.
+
+    >>> registered_name(METHODS["simclr"]), registered_name(int)
+    ('simclr', 'int')
+    """
+    for klass in cls.__mro__:
+        for name, registered in METHODS.items():
+            if klass is registered:
+                return name
+    return cls.__name__
+
+
+def class_names() -> dict[str, str]:
+    """Each ``+method=`` name and its class's name, for messages."""
+    return {name: cls.__name__ for name, cls in METHODS.items()}
+
+
+__all__ = ["METHODS", "class_names", "register_method", "registered_name"]

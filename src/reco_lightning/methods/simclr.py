@@ -37,7 +37,6 @@ class SimCLR(SSLMethod):
     ) -> None:
         super().__init__(**kwargs)
         self.temperature = positive("method.temperature", temperature)
-        self.embedding_dim = proj_output_dim
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.reco = self.make_reco(proj_output_dim, teacher_modules=["backbone", "projector"])
 

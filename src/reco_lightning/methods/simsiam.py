@@ -40,7 +40,6 @@ class SimSiam(SSLMethod):
     ) -> None:
         super().__init__(**kwargs)
         self.temperature = positive("method.temperature", temperature)
-        self.embedding_dim = proj_output_dim
         self.projector = mlp_head(
             self.feature_dim, proj_hidden_dim, proj_output_dim, num_layers=3, output_bn=True
         )

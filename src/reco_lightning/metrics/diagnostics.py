@@ -112,4 +112,69 @@ def relation_diagnostics(
     return result
 
 
-__all__ = ["alignment", "class_cosines", "neighbour_purity", "relation_diagnostics", "uniformity"]
+def term_gradient_norms(
+    terms: dict[str, Tensor | None], parameters: Iterable[Tensor]
+) -> dict[str, Tensor]:
+    """The norm of the gradient each loss term alone puts on ``parameters`` (one backward
+    pass per term, graphs kept, nothing accumulated into ``.grad``); 0 for a term that is
+    ``None`` or carries no gradient (weight 0, a bank still filling). Whatever a term's
+    value, this says how much of the update it drives.
+
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> norms = term_gradient_norms({"a": (3 * w).sum(), "b": None}, [w])
+    >>> round(float(norms["a"]), 3), float(norms["b"]), w.grad is None
+    (4.243, 0.0, True)
+    """
+    parameters = [p for p in parameters if p.requires_grad]
+    device = parameters[0].device if parameters else None
+    norms: dict[str, Tensor] = {}
+    for name, term in terms.items():
+        norms[name] = torch.zeros((), device=device)
+        if term is not None and term.requires_grad:
+            grads = torch.autograd.grad(term, parameters, retain_graph=True, allow_unused=True)
+            squares = [g.float().pow(2).sum() for g in grads if g is not None]
+            if squares:
+                norms[name] = torch.stack(squares).sum().sqrt()
+    return norms
+
+
+def term_gradient_shares(
+    terms: dict[str, Tensor | None], parameters: Iterable[Tensor]
+) -> dict[str, Tensor]:
+    """``grad_norm_<term>`` (:func:`term_gradient_norms`) and ``grad_share_<term>``, its
+    share of their sum, for every term.
+
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> shares = term_gradient_shares({"a": w.sum(), "b": (3 * w).sum()}, [w])
+    >>> float(shares["grad_share_a"]), float(shares["grad_share_b"])
+    (0.25, 0.75)
+    """
+    norms = term_gradient_norms(terms, parameters)
+    total = sum(norms.values()).clamp_min(1e-12)
+    shares = {f"grad_norm_{name}": norm for name, norm in norms.items()}
+    return shares | {f"grad_share_{name}": norm / total for name, norm in norms.items()}
+
+
+def spread_step_due(batch_idx: int, num_batches: float, steps: int) -> bool:
+    """Whether ``batch_idx`` is one of ``steps`` batches spread evenly over an epoch of
+    ``num_batches`` (infinite: the first ``steps``).
+
+    >>> [b for b in range(10) if spread_step_due(b, 10, 2)]
+    [0, 5]
+    """
+    if steps <= 0:
+        return False
+    interval = max(int(num_batches) // steps, 1) if math.isfinite(num_batches) else 1
+    return batch_idx % interval == 0 and batch_idx // interval < steps
+
+
+__all__ = [
+    "alignment",
+    "class_cosines",
+    "neighbour_purity",
+    "relation_diagnostics",
+    "spread_step_due",
+    "term_gradient_shares",
+    "term_gradient_norms",
+    "uniformity",
+]

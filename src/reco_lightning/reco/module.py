@@ -24,12 +24,13 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses.relation import global_relation_loss, interpolation_target, local_interpolation_loss
+from ..models.modules import embedding_children, trainable_children
+from ..models.queue import FeatureQueue
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
 from .config import SCALES, ReCoConfig
 from .mixing import MIX_MODES, mix_views
-from .queue import FeatureQueue
-from .teacher import EMATeacher, trainable_children
+from .teacher import EMATeacher
 
 
 class Embedder(Protocol):
@@ -75,6 +76,13 @@ class ReCoTerms:
     @property
     def local_skipped(self) -> bool:
         return self.local is None and self.w_local > 0
+
+    def weighted_terms(self) -> dict[str, Tensor | None]:
+        """Each term times its weight in effect (``None`` when skipped): what it adds."""
+        return {
+            "global": None if self.global_ is None else self.w_global * self.global_,
+            "local": None if self.local is None else self.w_local * self.local,
+        }
 
 
 class ReCo(nn.Module):
@@ -156,17 +164,7 @@ class ReCo(nn.Module):
         self.teacher_kind = self._resolve_teacher(checked.teacher, owner)
         self.teacher: EMATeacher | None = None
         if self.teacher_kind == "ema":
-            names = (
-                list(teacher_modules)
-                if teacher_modules
-                else trainable_children(owner, lambda n: n == "reco")
-            )
-            if not names:
-                raise ConfigError(
-                    f"ReCo's EMA teacher found nothing to copy in {type(owner).__name__}: build "
-                    "self.reco last in __init__, after the networks that online_embedding runs "
-                    "through, or pass teacher_modules=[their names]"
-                )
+            names = list(teacher_modules) if teacher_modules else self._embedding_modules(owner)
             self.teacher = EMATeacher(owner, names)
 
     @classmethod
@@ -181,6 +179,24 @@ class ReCo(nn.Module):
         as ``+reco=off`` gives): ``self.reco = ReCo.from_settings(reco, 128, self)``."""
         config = ReCoConfig.from_mapping(settings)
         return None if config is None else cls(config, embedding_dim, owner, **options)
+
+    @staticmethod
+    def _embedding_modules(owner: nn.Module) -> list[str]:
+        """The children the owner's ``online_embedding`` runs through, traced on one example
+        batch (the owner's ``example_input_array``, else 3x32x32 images): not a probe, not a
+        target network. An owner whose embedding cannot run on that example (other inputs)
+        gets every trainable child copied; setting ``example_input_array`` makes it exact."""
+        children = trainable_children(owner)
+        if not children:
+            raise ConfigError(
+                f"ReCo's EMA teacher found nothing to copy in {type(owner).__name__}: build "
+                "self.reco last in __init__, after the networks that online_embedding runs "
+                "through, or pass ReCo(..., teacher_modules=[their names])"
+            )
+        try:
+            return embedding_children(owner) or children
+        except Exception:  # noqa: BLE001 - the example does not fit the owner's inputs
+            return children
 
     @staticmethod
     def _resolve_teacher(choice: str, owner: nn.Module) -> str:

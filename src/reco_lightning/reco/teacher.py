@@ -9,7 +9,7 @@ encoder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 
 import torch
@@ -83,15 +83,3 @@ class EMATeacher(nn.Module):
             for key, tensor in chain(copy.named_parameters(), copy.named_buffers())
         }
         return functional_call(_Call(owner, method), state, (images,), strict=False)
-
-
-def trainable_children(
-    owner: nn.Module, exclude: Callable[[str], bool] = lambda name: False
-) -> list[str]:
-    """Names of ``owner``'s children with at least one trainable parameter (the default set
-    of modules an EMA teacher copies)."""
-    return [
-        name
-        for name, child in owner.named_children()
-        if not exclude(name) and any(p.requires_grad for p in child.parameters())
-    ]

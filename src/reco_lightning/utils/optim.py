@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,6 +157,16 @@ def check_optimizer(name: str, kernel: str = "auto") -> None:
             "optimizer.kernel=fused exists only for optimizer.name=sgd: use "
             "optimizer.kernel=foreach with LARS"
         )
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> dict[str, Any]:
+    """Lightning's ``lr_scheduler`` entry: :func:`warmup_cosine` stepped every optimizer step."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+    )
+    return {"scheduler": scheduler, "interval": "step"}
 
 
 def warmup_cosine(

@@ -78,3 +78,9 @@ def help_text() -> str:
 
 def print_help() -> None:
     print(help_text())
+
+
+def wants_help(arguments: list[str]) -> bool:
+    """Whether the command line asks for this help (``--help`` or ``-h``; ``--hydra-help``
+    is Hydra's)."""
+    return any(argument in ("--help", "-h") for argument in arguments)

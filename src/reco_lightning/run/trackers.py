@@ -19,8 +19,8 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from ..errors import ConfigError
 from .config_checks import as_dict
-from .errors import ConfigError
 
 #: tracker -> (the modules that provide it, any of them; the pip extra that installs one)
 TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {

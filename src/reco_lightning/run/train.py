@@ -21,16 +21,20 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
+from ..data import SSLDataModule
+from ..data.datamodule import LabelledDataset
+from ..errors import ConfigError
+from ..eval.features import extract_features
+from ..eval.plots import feature_map, training_curves
+from ..methods import METHODS, SSLMethod
+from ..reco import FeatureQueue, ReCoConfig
+from ..utils.distributed import global_rank_from_environment
+from ..utils.optim import check_optimizer
 from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
 from .checkpoints import read_checkpoint
 from .config_checks import as_dict
-from .data import SSLDataModule
-from .data.datamodule import LabelledDataset
-from .errors import ConfigError
 from .launch import local_ranks
-from .methods import METHODS, SSLMethod
 from .metrics_log import CSVHistoryLogger, MetricsHistory
-from .reco import FeatureQueue
 from .run_dir import (
     check_fresh,
     check_writable,
@@ -41,8 +45,6 @@ from .run_dir import (
 )
 from .schema import check_ranges, method_arguments, reject_added_keys
 from .trackers import build_trackers, log_config, log_summary
-from .utils.distributed import global_rank_from_environment
-from .utils.optim import check_optimizer
 
 #: dataset keys that describe the data but are not DataModule arguments
 DATASET_HINT_KEYS = {"queue_size"}
@@ -61,12 +63,11 @@ def require_method(cfg: DictConfig) -> str:
     return name
 
 
-def reco_settings(cfg: DictConfig) -> dict[str, Any] | None:
-    """ReCo's settings, or None when ``+reco`` is absent or ``off`` (the same run either way)."""
+def reco_settings(cfg: DictConfig) -> ReCoConfig | None:
+    """ReCo's checked settings, or None when ``+reco`` is absent or ``off`` (the same run
+    either way); whether ReCo is on is decided by :meth:`ReCoConfig.from_mapping` alone."""
     settings = as_dict(cfg.get("reco"), "reco")
-    if not settings or not settings.pop("enabled", False):
-        return None
-    return settings  # its values are checked once, by ReCoConfig, when the method is built
+    return ReCoConfig.from_mapping(settings) if settings else None
 
 
 def build_datamodule(cfg: DictConfig, weak_view: bool) -> SSLDataModule:
@@ -127,7 +128,7 @@ def build_trainer(
 
 
 def build_method(
-    cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer, reco: dict[str, Any] | None
+    cfg: DictConfig, datamodule: SSLDataModule, trainer: L.Trainer, reco: ReCoConfig | None
 ) -> SSLMethod:
     name = require_method(cfg)
     method_settings = {
@@ -167,8 +168,8 @@ def train(
     ``overrides`` are the command line's settings (the CLI passes them): a resume applies
     them to the run's stored config; without them ``cfg`` is taken whole. A resume of a
     run directory continues in that directory, wherever ``output_dir`` points (see
-    :mod:`reco_lightning.run_dir`). Under ``strategy=ddp`` or ``ddp_cpu`` this process is
-    rank 0 and starts the other local ranks itself (see :mod:`reco_lightning.launch`).
+    :mod:`reco_lightning.run.run_dir`). Under ``strategy=ddp`` or ``ddp_cpu`` this process is
+    rank 0 and starts the other local ranks itself (see :mod:`reco_lightning.run.launch`).
     """
     rank_zero = global_rank_from_environment() == 0
     cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
@@ -303,9 +304,6 @@ def _summarise(
 
 def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
     """Training curves and a t-SNE map of the validation features, as PNG in the run directory."""
-    from .eval.features import extract_features
-    from .eval.plots import feature_map, training_curves
-
     model, datamodule = trainer.lightning_module, trainer.datamodule
     reco = "+ ReCo" if summary["reco"] else "(ReCo off)"
     title = f"{summary['method']} {reco} on {summary['dataset']}"

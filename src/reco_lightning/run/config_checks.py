@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def reject_unknown_keys(section: str, keys: Iterable[str], allowed: Iterable[str]) -> None:

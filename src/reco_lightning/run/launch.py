@@ -4,7 +4,7 @@ Lightning starts ranks 1..N-1 of a DDP run by re-running the script with its com
 under Hydra each rank would make its own output directory, and inside a multirun sweep
 (``-m``) re-launch the *whole sweep*. Instead, rank 0 (the process Hydra started) writes the
 job's resolved config into its run directory and starts the other ranks as
-``python -m reco_lightning.worker CONFIG RUN_DIR`` with ``LOCAL_RANK`` set, which Lightning
+``python -m reco_lightning.run.worker CONFIG RUN_DIR`` with ``LOCAL_RANK`` set, which Lightning
 takes as processes created externally; they write nothing of their own. After the job the
 process group is torn down, so the next job of a sweep starts a fresh one. Processes
 started by torchrun or SLURM (``LOCAL_RANK``, ``RANK`` or ``SLURM_PROCID`` set) are left alone.
@@ -25,7 +25,7 @@ import lightning as L
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from .utils.distributed import RANK_VARIABLES
+from ..utils.distributed import RANK_VARIABLES
 
 #: what this module sets in rank 0 for the duration of one job
 _JOB_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK")
@@ -91,7 +91,7 @@ def local_ranks(trainer: L.Trainer, cfg: DictConfig, output_dir: Path) -> Iterat
         LOCAL_RANK="0",
         RECO_LOCAL_WORLD_SIZE=str(trainer.num_devices),
     )
-    command = [sys.executable, "-m", "reco_lightning.worker", str(config_path), str(output_dir)]
+    command = [sys.executable, "-m", "reco_lightning.run.worker", str(config_path), str(output_dir)]
     children = [
         subprocess.Popen(command, env=dict(os.environ, LOCAL_RANK=str(local_rank)))
         for local_rank in range(1, trainer.num_devices)

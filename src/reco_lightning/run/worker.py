@@ -1,7 +1,7 @@
-"""``python -m reco_lightning.worker CONFIG RUN_DIR``: ranks 1..N-1 of a DDP job that
-:func:`reco_lightning.launch.local_ranks` starts (rank 0 is the process Hydra started).
+"""``python -m reco_lightning.run.worker CONFIG RUN_DIR``: ranks 1..N-1 of a DDP job that
+:func:`reco_lightning.run.launch.local_ranks` starts (rank 0 is the process Hydra started).
 
-A module of its own, above :mod:`reco_lightning.train`, so that ``launch`` (which ``train``
+A module of its own, above :mod:`reco_lightning.run.train`, so that ``launch`` (which ``train``
 uses) does not import ``train`` back.
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import RecoLightningError, one_line
+from ..errors import RecoLightningError, one_line
+from ..utils.distributed import global_rank_from_environment
 from .train import train
-from .utils.distributed import global_rank_from_environment
 
 
 def main(argv: list[str]) -> None:

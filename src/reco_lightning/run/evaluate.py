@@ -15,15 +15,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import checkpoint_file, read_checkpoint
-from ..config_checks import as_dict
+from ..data import SSLDataModule
 from ..errors import ConfigError
+from ..eval.features import extract_features
+from ..eval.linear import LinearProtocol, linear_evaluation, topk_accuracy
+from ..eval.plots import feature_map, training_curves
 from ..metrics.diagnostics import relation_diagnostics, view_pair_features
 from ..metrics.knn import weighted_knn_scores
 from ..models import build_backbone
-from .features import extract_features
-from .linear import LinearProtocol, linear_evaluation, topk_accuracy
-from .plots import feature_map, training_curves
+from .checkpoints import checkpoint_file, read_checkpoint
+from .config_checks import as_dict
 
 #: the kNN settings of ``conf/config.yaml``, for a run whose own are unknown
 DEFAULT_KNN = {"k": 200, "temperature": 0.1}
@@ -57,7 +58,7 @@ def load_backbone(checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def backbone_from_state(state: dict[str, Any], checkpoint: Path) -> torch.nn.Module:
     """The trained backbone (in eval mode) held by ``state``, a checkpoint's contents that
-    :func:`~reco_lightning.checkpoints.read_checkpoint` read from ``checkpoint``: the
+    :func:`~reco_lightning.run.checkpoints.read_checkpoint` read from ``checkpoint``: the
     ``backbone.*`` weights, without that prefix, in a freshly built backbone."""
     hparams = state["hyper_parameters"]
     if "backbone" not in hparams:
@@ -156,8 +157,6 @@ def _device(name: str) -> torch.device:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint``; returns (and writes) the contents of ``eval.json``."""
-    from ..data import SSLDataModule
-
     checkpoint = resolve_checkpoint(
         cfg.checkpoint if not OmegaConf.is_missing(cfg, "checkpoint") else None
     )

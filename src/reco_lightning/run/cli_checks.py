@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, RecoLightningError, one_line
+from ..errors import ConfigError, RecoLightningError, one_line
 from .run_dir import check_fresh, probe_run_dir, wants_resume
 
 #: Hydra's message for an override of a key that the composed config does not have

@@ -28,8 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..errors import ConfigError
 from .checkpoints import checkpoint_file
-from .errors import ConfigError
 
 #: what a run leaves in its directory (Hydra's own ``.hydra/`` record does not count)
 RUN_FILES = ("config.yaml", "summary.json", "metrics.csv")

@@ -29,11 +29,11 @@ import lightning as L
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ..data import SSLDataModule
+from ..errors import ConfigError
+from ..methods import METHODS
+from ..reco import ReCoConfig
 from .config_checks import reject_unknown_keys
-from .data import SSLDataModule
-from .errors import ConfigError
-from .methods import METHODS
-from .reco import ReCoConfig
 
 
 def feeds(argument: str, default: Any) -> Any:

@@ -1,4 +1,4 @@
-"""``python -m reco_lightning.report SWEEP_DIR``: one table of a sweep's jobs, and a plot.
+"""``python -m reco_lightning.run.report SWEEP_DIR``: one table of a sweep's jobs, and a plot.
 
 Collects each job's ``summary.json`` and Hydra's ``.hydra/overrides.yaml`` beside it into
 ``report.csv``, ``report.md`` (also printed) and ``report.png`` in the sweep directory;
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: the PNG files a training run draws (linked from the Markdown report)
 PICTURES = ("training_curves.png", "feature_map.png")
@@ -166,14 +166,14 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m reco_lightning.report", description=__doc__.splitlines()[0]
+        prog="python -m reco_lightning.run.report", description=__doc__.splitlines()[0]
     )
     parser.add_argument("sweep_dir", type=Path, help="directory of a sweep (hydra.sweep.dir)")
     args = parser.parse_args(argv)
     try:
         rows = write_report(args.sweep_dir)
     except ConfigError as error:
-        print(f"reco_lightning.report: error: {error}", file=sys.stderr)
+        print(f"reco_lightning.run.report: error: {error}", file=sys.stderr)
         return 2
     print(markdown(rows))
     print(f"wrote report.csv, report.md and report.png in {args.sweep_dir}")

@@ -1,4 +1,4 @@
-"""Reading checkpoints with an error a user can act on.
+"""Checkpoint files: reading them safely, with an error a user can act on, and what they hold.
 
 An interrupted copy or a full disk leaves a truncated ``.ckpt``; ``torch.load`` then fails
 deep inside its zip or pickle reader with a message that does not name the file.
@@ -10,18 +10,23 @@ values only, which is all a training checkpoint of this package holds. A file wh
 asks for anything else (a ``__reduce__`` that would run code when it is opened) is refused
 with one line before any of it runs, so a checkpoint from someone else cannot run code
 through ``eval``, ``export`` or ``resume=``.
+
+A checkpoint's identity (which method wrote it, whether ReCo was on) is read off its contents
+(:func:`checkpoint_method`, :func:`checkpoint_has_reco`), so a load into another method or
+ReCo setting is refused with :func:`mismatch_message` before any weight is copied.
 """
 
 from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: the keys every Lightning training checkpoint of a module with saved hyperparameters has
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
@@ -102,4 +107,81 @@ def _alternatives(path: Path) -> str:
     return f", e.g. {best[-1]} beside it"
 
 
-__all__ = ["read_checkpoint"]
+def last_checkpoint(trainer: Any) -> str | None:
+    """The ``last.ckpt`` that ``trainer``'s checkpoint callback has written, if any (for
+    messages that point to it); None without a Trainer."""
+    callback = getattr(trainer, "checkpoint_callback", None)
+    dirpath = getattr(callback, "dirpath", None)
+    if dirpath is None:
+        return None
+    last = Path(dirpath) / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+#: the checkpoint entry that records the ``+method=`` name of the method that wrote it
+METHOD_KEY = "reco_lightning_method"
+
+
+def checkpoint_method(checkpoint: Mapping[str, Any]) -> str | None:
+    """The ``+method=`` name of the method that wrote ``checkpoint`` (:data:`METHOD_KEY`,
+    which every checkpoint of this package records), or None for a checkpoint without the
+    record, for which the method check is skipped rather than guessed.
+
+    >>> checkpoint_method({METHOD_KEY: "moco"}), checkpoint_method({})
+    ('moco', None)
+    """
+    recorded = checkpoint.get(METHOD_KEY)
+    return recorded if isinstance(recorded, str) else None
+
+
+def checkpoint_has_reco(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether ``checkpoint``'s weights hold a relation bank (every ReCo-on module has one):
+    the weights say it even where ``load_from_checkpoint`` overrode the ``reco`` argument.
+
+    >>> checkpoint_has_reco({"state_dict": {"reco.bank.features": None}})
+    True
+    """
+    return any(key.startswith("reco.bank.") for key in checkpoint.get("state_dict", {}))
+
+
+def describe(method: str | None, reco: bool, label: str | None = None) -> str:
+    """``MoCo with ReCo on (+method=moco +reco=on)``; ``label`` is the method's class name.
+
+    >>> describe("moco", True, "MoCo")
+    'MoCo with ReCo on (+method=moco +reco=on)'
+    """
+    switch = "on" if reco else "off"
+    if method is None:
+        return f"a model with ReCo {switch} (+reco={switch})"
+    return f"{label or method} with ReCo {switch} (+method={method} +reco={switch})"
+
+
+def mismatch_message(
+    method: str | None, reco: bool, loaded_into: str, labels: Mapping[str, str]
+) -> str:
+    """One line: what a checkpoint of ``method`` (ReCo ``reco``) holds, what it was loaded
+    into, and the two fixes; ``labels`` maps ``+method=`` names to class names.
+
+    >>> print(mismatch_message("moco", True, "SimCLR", {"moco": "MoCo"}))  # doctest: +ELLIPSIS
+    the checkpoint holds MoCo with ReCo on (+method=moco +reco=on), but it is being loaded ...
+    """
+    switch = "on" if reco else "off"
+    fix = f"resume it with the run's +reco={switch}"
+    if method is not None:
+        fix = f"resume it with the run's +method={method} +reco={switch}"
+        if method in labels:
+            fix += f", or load it with {labels[method]}.load_from_checkpoint(path)"
+    holds = describe(method, reco, labels.get(method or ""))
+    return f"the checkpoint holds {holds}, but it is being loaded into {loaded_into}: {fix}"
+
+
+__all__ = [
+    "METHOD_KEY",
+    "checkpoint_file",
+    "checkpoint_has_reco",
+    "checkpoint_method",
+    "describe",
+    "last_checkpoint",
+    "mismatch_message",
+    "read_checkpoint",
+]
