@@ -466,6 +466,9 @@ def read_epochs(run_dir: Path) -> dict[int, dict[str, str]]:
     return epochs
 
 
+#: the line Lightning writes to the log each time a run continues from a checkpoint
+RESTORED = "Restored all states from the checkpoint"
+
 #: per-epoch term logs a result keeps: the metrics.csv column -> the result's key
 TERM_COLUMNS = {
     "train/loss_method_epoch": "loss_method",
@@ -577,8 +580,11 @@ def run_cell(cell: Cell, data: Path, trainval_root: Any) -> dict:
         "protocol_overrides": PROTOCOL_OVERRIDES,
         "overrides": list(cell.overrides),
         "command": ["python", "-m", "reco_lightning", *cell.arguments(data_root), "resume=auto"],
-        # earlier runs of a resumed cell (each left a metrics-N.csv); 0 = trained in one go
-        "resumed": len(list(run_dir.glob("metrics-*.csv"))),
+        # how often training continued from a checkpoint (Lightning logs each restore to
+        # train.log, which every run of the cell appends to); 0 = trained in one go. Until
+        # 2026-12-06 this counted metrics-N.csv parts, which the pinned code never leaves,
+        # so val-simclr-default-s0 records 0 although it was resumed once (its train.log).
+        "resumed": (run_dir / "train.log").read_text().count(RESTORED),
         "reco_config": reco,
         "epochs": summary["epochs"],
         "train_time_s": round(curve[-1]["train_s"], 1) if curve and curve[-1]["train_s"] else None,
