@@ -34,14 +34,18 @@ what its cases need) and copied into a case's directory whenever the case may to
 For each case the table records: the exit code; the first line of the message on stderr
 (the line starting with ``reco_lightning``, else the first non-empty line; when stderr
 holds a traceback and no such line, the exception's line after it; the case's directory is
-written ``CWD`` so the table is the same from run to run); whether stderr holds a
-``Traceback``; whether the message is one line (nothing non-empty follows it on stderr);
-whether every file that existed in the case's directory before the command (a prepared run
-directory included) is unchanged afterwards; and what the command left behind.
+written ``CWD``, and this script's pid ``PID``, so the table is the same from run to run);
+whether stderr holds a ``Traceback``; whether the message is one line (nothing non-empty
+follows it on stderr); whether every file that existed in the case's directory before the
+command (a prepared run directory included) is unchanged afterwards; and what the command
+left behind.
 
 A case PASSES when the exit code is 2, the message is one line, there is no traceback,
 the existing files are unchanged and the failed command left nothing new behind (no
-``outputs/`` directory, empty or not, and no other new file or directory).
+``outputs/`` directory, empty or not, and no other new file or directory). A case that
+names what it must leave (``must_leave``: a sweep whose other job runs to the end although
+one job fails) passes when those files exist instead: the sweep's directory is no leftover,
+and its stderr holds a line for the failed job and one at the end.
 
 What the comparison leaves out: files are compared by SHA-256 of their bytes, everywhere
 in the case's directory except Hydra's own ``.hydra/`` folders and ``*.log`` files (Hydra
@@ -300,6 +304,48 @@ def edit_run_config(text: str, run: str = "run") -> Setup:
     return setup
 
 
+def locked_by_this_process(dest: str) -> Setup:
+    """Make ``dest`` a run directory whose lock a live process holds: this script (its pid is
+    alive while the case runs), in the package's lock format."""
+
+    def setup(cwd: Path, fx: Fixtures) -> None:
+        import json
+        import socket
+
+        from reco_lightning.run.run_dir import LOCK_FILE
+
+        (cwd / dest).mkdir(parents=True, exist_ok=True)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": "earlier"}
+        (cwd / dest / LOCK_FILE).write_text(json.dumps(record))
+
+    return setup
+
+
+class Unavailable(Exception):
+    """A case this machine cannot set up (then it is skipped, with the reason)."""
+
+
+def small_disk(dest: str, size: str = "4m") -> Setup:
+    """Mount a ``size`` tmpfs at ``dest`` (the run directory's disk): it fills up during the
+    run. Needs the right to mount (root); without it the case is skipped."""
+
+    def setup(cwd: Path, fx: Fixtures) -> None:
+        (cwd / dest).mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(cwd / dest)],
+            capture_output=True,
+        )
+        if mounted.returncode != 0:
+            raise Unavailable(f"cannot mount a {size} tmpfs here")
+        MOUNTED.append(cwd / dest)
+
+    return setup
+
+
+#: the file systems the cases mounted (unmounted when the script ends)
+MOUNTED: list[Path] = []
+
+
 def both(*setups: Setup) -> Setup:
     def setup(cwd: Path, fx: Fixtures) -> None:
         for one in setups:
@@ -329,10 +375,16 @@ class Case:
     setup: Setup | None = None
     #: the fault exists only on a machine without a GPU (skipped where there is one)
     cpu_only: bool = False
+    #: files the command must leave (a sweep's finished job): then these count as no
+    #: leftover, and the message need not be one line (see the module docstring)
+    must_leave: tuple[str, ...] = ()
+    #: paths the command may leave although it failed (a run stopped by a full disk keeps
+    #: its directory and its last complete checkpoint); its message must still be one line
+    may_leave: tuple[str, ...] = ()
 
     def shown(self) -> str:
         """The command without the tiny settings, for the table."""
-        hidden = set(TINY) | set(EVAL_QUICK)
+        hidden = set(TINY) | set(EVAL_QUICK) | {f"++{o}" for o in TINY if o.startswith("method.")}
         tool = "train" if self.module == TRAIN else "eval"
         return " ".join([tool, *(a for a in self.argv if a not in hidden)])
 
@@ -435,6 +487,22 @@ def cases() -> list[Case]:
             "resume=RUN with +reco=off", tiny("+method=moco", "+reco=off", "resume=run"), setup=run
         ),
         Case(
+            "resume=RUN with another backbone.width",
+            tiny(*MOCO_RECO, "backbone.width=16", "resume=run"),
+            setup=run,
+        ),
+        Case(
+            "resume=RUN with another dataset.batch_size",
+            tiny(*MOCO_RECO, "dataset.batch_size=16", "resume=run"),
+            setup=run,
+        ),
+        Case(
+            "a disk that fills during training (4 MiB tmpfs as run directory)",
+            tiny(*MOCO_RECO, "hydra.run.dir=disk/run"),
+            setup=small_disk("disk"),
+            may_leave=("disk",),
+        ),
+        Case(
             "resume=RUN with dataset=cifar10",
             tiny(*MOCO_RECO, "dataset=cifar10", "resume=run"),
             setup=run,
@@ -459,6 +527,32 @@ def cases() -> list[Case]:
             "checkpoints/ is a file (resume=auto)",
             tiny(*MOCO_RECO, "hydra.run.dir=DIR", "resume=auto"),
             setup=make_paths({"DIR/checkpoints": b"a file, not a folder\n"}),
+        ),
+        Case(
+            "run directory another live process trains in (resume=auto)",
+            tiny(*MOCO_RECO, "hydra.run.dir=DIR", "resume=auto"),
+            setup=locked_by_this_process("DIR"),
+        ),
+        Case(
+            "resume=RUN while another live process trains in it",
+            tiny(*MOCO_RECO, "resume=run"),
+            setup=both(run, locked_by_this_process("run")),
+        ),
+        Case(
+            "sweep whose job 0 diverges (optimizer.lr=1e30,0.03): job 1 still finishes",
+            [
+                "-m",
+                *(
+                    o.replace("method.", "++method.", 1)
+                    for o in tiny(*MOCO, "optimizer.lr=1e30,0.03")
+                ),
+                "hydra.sweep.dir=sweep",
+            ],
+            must_leave=(
+                "sweep/0/failed.json",
+                "sweep/1/summary.json",
+                "sweep/1/checkpoints/last.ckpt",
+            ),
         ),
         # -- evaluation
         Case("eval without checkpoint=", [*EVAL_QUICK], module=EVAL),
@@ -628,15 +722,24 @@ class Outcome:
     changed: list[str]
     left: list[str]
     stderr: str = field(repr=False, default="")
+    #: the files of ``case.must_leave`` that the command did not leave
+    missing: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
+        leaves = self.case.must_leave
         return (
             self.returncode == 2
-            and self.message.one_line
+            and (self.message.one_line or bool(leaves))
             and not self.message.traceback
             and not self.changed
-            and not self.left
+            and not self.missing
+            and not [
+                p
+                for p in self.left
+                if not any(f.startswith(f"{p}/") for f in leaves)
+                and not any(p == k or p.startswith(f"{k}/") for k in self.case.may_leave)
+            ]
         )
 
 
@@ -666,11 +769,13 @@ def run_case(case: Case, fixtures: Fixtures, workspace: Path) -> Outcome:
         )
     after = snapshot(cwd)
     left = new_paths(before, after) if returncode != 0 else []
+    missing = [name for name in case.must_leave if name not in after.files]
     stderr = stderr.replace(str(cwd.resolve()), "CWD").replace(
         str(cwd), "CWD"
     )  # stable across runs
+    stderr = re.sub(rf"\b{os.getpid()}\b", "PID", stderr)  # a lock this script holds
     return Outcome(
-        case, returncode, read_message(stderr), changed_files(before, after), left, stderr
+        case, returncode, read_message(stderr), changed_files(before, after), left, stderr, missing
     )
 
 
@@ -693,6 +798,8 @@ def row(outcome: Outcome) -> str:
     exit_code = "timeout" if outcome.returncode is None else str(outcome.returncode)
     unchanged = "yes" if not outcome.changed else "no: " + ", ".join(outcome.changed[:3])
     left = ", ".join(outcome.left[:3]) or "-"
+    if outcome.case.must_leave:  # a sweep: its directory, with the job that finished
+        left += f" (missing: {', '.join(outcome.missing)})" if outcome.missing else " (as it must)"
     cells = [
         outcome.case.name,
         code(outcome.case.shown()),
@@ -761,13 +868,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
                 continue
-            outcome = run_case(case, fixtures, workspace)
+            try:
+                outcome = run_case(case, fixtures, workspace)
+            except Unavailable as reason:
+                print(f"[{number}/{len(chosen)}] {case.name}: skipped ({reason})", flush=True)
+                continue
             outcomes.append(outcome)
             verdict = "PASS" if outcome.passed else "FAIL"
             print(f"[{number}/{len(chosen)}] {verdict} {row(outcome)}", flush=True)
             if args.show_stderr and not outcome.passed:
                 print(outcome.stderr.rstrip() or "(stderr empty)", flush=True)
     finally:
+        for mount in MOUNTED:
+            subprocess.run(["umount", str(mount)], capture_output=True)
         if args.keep:
             print(f"kept {workspace}")
         else:

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "run.run_dir": 3,
     "run.evaluate": 3,
     "run.report": 3,
+    "run.sweep": 3,
     "run.launch": 4,
     "run.train": 4,
     "run.cli_checks": 4,

@@ -19,8 +19,18 @@ def _results(method: str, knn: dict[str, tuple[float, float]]) -> dict[str, dict
     results = {}
     for cell in q.val_cells(method):
         value = knn.get(cell.setting, (0.1, 0.1))[cell.seed]
-        results[cell.name] = {"final_knn": value, "reco_config": q.resolved_reco(cell, DATA)}
+        results[cell.name] = {
+            "curve": [{"epoch": 19, "knn": 0.0}, {"epoch": 20, "knn": value}],
+            "final_knn": 1.0 - value,  # the best epoch's evaluation: not what decides
+            "reco_config": q.resolved_reco(cell, DATA),
+        }
     return results
+
+
+def test_the_choice_reads_the_last_epoch_not_the_best_epochs_evaluation():
+    results = _results("moco", {"default": (0.5, 0.5), "warmup-0": (0.6, 0.6)})
+    assert q.validation_choice("moco", results).best == "warmup-0"
+    assert q.validation_score(results["val-moco-warmup-0-s0"]) == 0.6
 
 
 @pytest.fixture(autouse=True)

@@ -23,6 +23,11 @@ class ImageLoadError(RecoLightningError, RuntimeError):
     """
 
 
+class StorageError(RecoLightningError, OSError):
+    """A file of the run could not be written (a full disk, a read-only folder); the message
+    names the folder, and what was kept."""
+
+
 class NonFiniteLossError(RecoLightningError, RuntimeError):
     """A loss term became NaN or infinite; the message names the step and the term."""
 

@@ -257,14 +257,15 @@ def knn_record(
         if record.get("steps") == state.get("global_step") and record.get("knn_acc") is not None:
             return float(record["knn_acc"]), "summary.json"
     for key, value in (state.get("callbacks") or {}).items():
-        if (
-            str(key).startswith("ModelCheckpoint")
-            and isinstance(value, Mapping)
-            and value.get("monitor") == "val/knn_acc"
-        ):
-            for path, score in (value.get("best_k_models") or {}).items():
-                if Path(str(path)).name == checkpoint.name and score is not None:
-                    return float(score), "the checkpoint (val/knn_acc when it was saved)"
+        if not isinstance(value, Mapping) or value.get("monitor") != "val/knn_acc":
+            continue
+        # RunCheckpoints records its best file; Lightning's ModelCheckpoint its top k
+        scores = dict(value.get("best_k_models") or {})
+        if value.get("best_path") is not None:
+            scores[value["best_path"]] = value.get("best_score")
+        for path, score in scores.items():
+            if Path(str(path)).name == checkpoint.name and score is not None:
+                return float(score), "the checkpoint (val/knn_acc when it was saved)"
     return None, None
 
 

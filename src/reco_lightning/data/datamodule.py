@@ -294,8 +294,12 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {}
-        batches_done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return {"epoch": int(trainer.current_epoch), "batches_done": int(batches_done)}
+        epoch = int(trainer.current_epoch)
+        batches_done = int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        epoch_length = trainer.num_training_batches  # limit_train_batches included
+        if batches_done > 0 and batches_done >= epoch_length:  # saved as the epoch ended
+            epoch, batches_done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": batches_done}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Remember where to restart; applied when the train loader is next built."""

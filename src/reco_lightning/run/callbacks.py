@@ -1,5 +1,6 @@
-"""Callbacks the training job adds to Lightning's: a checkpoint on SIGTERM and Ctrl-C, and
-a clock of the time spent training (for comparisons at equal wall time).
+"""Callbacks the training job adds to Lightning's: the run's checkpoints (at epoch
+boundaries, the best, and on SIGTERM and Ctrl-C), and a clock of the time spent training
+(for comparisons at equal wall time).
 
 A pre-empted cluster job gets SIGTERM and, shortly after, SIGKILL; a user stops a run
 with Ctrl-C. Lightning on its own exits on SIGTERM without saving (outside SLURM's
@@ -11,7 +12,6 @@ agrees to stop, ``last.ckpt`` is written (atomically) and the process exits with
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -27,14 +27,35 @@ from lightning.pytorch.trainer.states import TrainerFn
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class CheckpointOnSignal(Callback):
-    """Save ``dirpath/last.ckpt`` and stop cleanly after SIGTERM or SIGINT.
+class RunCheckpoints(Callback):
+    """Every checkpoint of a run, each written when the run's state is whole.
+
+    * ``last.ckpt`` at every epoch boundary (before the first step of each epoch after the
+      one this process started in), at the end of training, and after SIGTERM or Ctrl-C
+      (then the process exits with ``128 + signal number``);
+    * ``best-epochNNN-knnX.ckpt`` for the highest ``val/knn_acc``, written at the next of
+      those moments after the validation that found it (the weights are the same; the
+      epoch's logs are then complete), the previous best removed.
+
+    Between two steps every queue, EMA target, RNG and logged row belongs to one moment, so
+    ``resume=auto`` from any of these files continues exactly as the uninterrupted run
+    would, also after a SIGKILL (from the last file written). Lightning's ``ModelCheckpoint``
+    writes at the end of a training epoch, before that epoch's logs are recorded, so a run
+    resumed from it lost the epoch's training row; and its ``save_last`` writes ``last.ckpt``
+    only on epochs that improve the monitored value. The files themselves are written
+    atomically (:class:`~reco_lightning.run.checkpoints.AtomicCheckpointIO`).
 
     A second Ctrl-C while the first is being handled interrupts at once, as usual.
     """
 
-    def __init__(self, dirpath: str | Path) -> None:
-        self.path = Path(dirpath) / "last.ckpt"
+    def __init__(self, dirpath: str | Path, monitor: str = "val/knn_acc") -> None:
+        self.folder = Path(dirpath)
+        self.last_path = self.folder / "last.ckpt"
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_path: str | None = None
+        self._pending_best: tuple[int, float] | None = None
+        self._seen_batch = False
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         # Lightning's count of stepped batches (the step its loggers write) while this
@@ -56,6 +77,9 @@ class CheckpointOnSignal(Callback):
         )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # what a killed write left; never read as a checkpoint
+            for torn in self.folder.glob(".*.ckpt.*.tmp"):
+                torn.unlink(missing_ok=True)
         # Installed here, after Lightning registered its own SIGTERM handler, and replacing
         # it: Lightning's would end the run at the step's end without a checkpoint.
         if threading.current_thread() is not threading.main_thread():
@@ -63,23 +87,57 @@ class CheckpointOnSignal(Callback):
         for signum in HANDLED_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():  # the handlers from before on_train_start
             signal.signal(signum, handler)
         self._previous = {}
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if self._pending_best is not None:
+            self._write_best(trainer)
+        trainer.save_checkpoint(self.last_path)
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.on_train_end(trainer, pl_module)
+        self._restore_handlers()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches_that_stepped": self._saving_step}
+        return {
+            "batches_that_stepped": self._saving_step,
+            "monitor": self.monitor,
+            "best_score": self.best_score,
+            "best_path": self.best_path,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resumed_step = state_dict.get("batches_that_stepped")
+        self.best_score = state_dict.get("best_score")
+        self.best_path = state_dict.get("best_path")
 
-    # -- stopping -------------------------------------------------------------------------
+    # -- the best checkpoint --------------------------------------------------------------
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            return
+        value = float(score)
+        if self.best_score is None or value > self.best_score:
+            self._pending_best = (trainer.current_epoch, value)
+
+    def _write_best(self, trainer: L.Trainer) -> None:
+        epoch, value = self._pending_best or (trainer.current_epoch, 0.0)
+        self._pending_best = None
+        previous = self.best_path
+        path = self.folder / f"best-epoch{epoch:03d}-knn{value:.4f}.ckpt"
+        self.best_score, self.best_path = value, str(path)
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero and previous and Path(previous) != path:
+            Path(previous).unlink(missing_ok=True)
+
+    # -- saving between steps ---------------------------------------------------------------
     def _stop_requested(self, trainer: L.Trainer) -> int:
         """The signal number any rank received (0 for none); all ranks must call it."""
         flag = torch.tensor(float(self.received or 0), device=trainer.strategy.root_device)
@@ -98,19 +156,24 @@ class CheckpointOnSignal(Callback):
             # step would run one ahead of the uninterrupted run's: put it back.
             epoch_loop._batches_that_stepped = self._resumed_step
             self._resumed_step = None
+        boundary = self._seen_batch and batch_idx == 0  # a new epoch, not this process's first
+        self._seen_batch = True
         signum = self._stop_requested(trainer)
-        if not signum:
+        if not (signum or boundary or self._pending_best is not None):
             return
-        partial = self.path.with_name(self.path.name + ".partial")
         self._saving_step = epoch_loop._batches_that_stepped
         try:
-            trainer.save_checkpoint(partial)
+            if self._pending_best is not None:
+                self._write_best(trainer)
+            if signum or boundary:
+                trainer.save_checkpoint(self.last_path)
         finally:
             self._saving_step = None
+        if not signum:
+            return
         if trainer.is_global_zero:
-            os.replace(partial, self.path)
             print(
-                f"reco_lightning: saved {self.path} at global step {trainer.global_step}; "
+                f"reco_lightning: saved {self.last_path} at global step {trainer.global_step}; "
                 "continue with resume=auto (and the same hydra.run.dir)",
                 file=sys.stderr,
                 flush=True,
@@ -183,4 +246,4 @@ class EpochProgressBar(TQDMProgressBar):
             bar.refresh()
 
 
-__all__ = ["CheckpointOnSignal", "EpochProgressBar", "TrainingClock"]
+__all__ = ["EpochProgressBar", "RunCheckpoints", "TrainingClock"]

@@ -18,6 +18,9 @@ ReCo setting is refused with :func:`mismatch_message` before any weight is copie
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -25,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 
 #: the keys every Lightning training checkpoint of a module with saved hyperparameters has
 REQUIRED_KEYS = ("state_dict", "hyper_parameters")
@@ -107,15 +111,74 @@ def _alternatives(path: Path) -> str:
     return f", e.g. {best[-1]} beside it"
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint whole or not at all: into a temporary file in the checkpoint's
+    own folder, flushed to disk (``fsync``), then renamed over the old one, so a kill or a
+    full disk at any moment leaves the previous checkpoint as it was and never a torn file
+    under a checkpoint's name (Lightning's writer stages the file in another folder and
+    moves it, which across file systems is a copy that a kill can cut short).
+
+    A write that fails (a full disk) removes its temporary file and stops the run with
+    :class:`~reco_lightning.errors.StorageError`, one line naming the folder.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> AtomicCheckpointIO().save_checkpoint({"x": torch.ones(1)}, folder / "last.ckpt")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['last.ckpt']
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        buffer = io.BytesIO()  # serialised first: a full disk then fails as the OSError it is
+        torch.save(checkpoint, buffer)
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+            _fsync_folder(target.parent)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            kept = "the previous checkpoint there is kept" if target.is_file() else "none is kept"
+            reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror
+            raise StorageError(
+                f"could not write checkpoint {target.name} in {target.parent} ({reason}); "
+                f"{kept}: free space there (or choose another hydra.run.dir), then resume=auto"
+            ) from None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def last_checkpoint(trainer: Any) -> str | None:
     """The ``last.ckpt`` that ``trainer``'s checkpoint callback has written, if any (for
-    messages that point to it); None without a Trainer."""
-    callback = getattr(trainer, "checkpoint_callback", None)
-    dirpath = getattr(callback, "dirpath", None)
-    if dirpath is None:
-        return None
-    last = Path(dirpath) / "last.ckpt"
-    return str(last) if last.is_file() else None
+    messages that point to it): the run's (a callback with ``last_path``) or a Lightning
+    ``ModelCheckpoint``'s; None without a Trainer."""
+    callbacks = [*getattr(trainer, "callbacks", []), getattr(trainer, "checkpoint_callback", None)]
+    for callback in callbacks:
+        last = getattr(callback, "last_path", None)
+        if last is None and getattr(callback, "dirpath", None) is not None:
+            last = Path(callback.dirpath) / "last.ckpt"
+        if last is not None and Path(last).is_file():
+            return str(last)
+    return None
 
 
 #: the checkpoint entry that records the ``+method=`` name of the method that wrote it
@@ -176,6 +239,7 @@ def mismatch_message(
 
 
 __all__ = [
+    "AtomicCheckpointIO",
     "METHOD_KEY",
     "checkpoint_file",
     "checkpoint_has_reco",

@@ -3,8 +3,9 @@
 Hydra reports some mistakes badly for our users: a misspelt key without ``+``
 (``trainer.max_epoch=2``) gets "To append to your config use +trainer.max_epoch=2", which
 would add a setting nothing reads; an unwritable ``hydra.run.dir`` ends in a traceback; and
-a ``hydra.run.dir`` that holds a run gets its ``.hydra/`` record overwritten before our
-code could refuse it. Each of these becomes one line that names the setting and the fix.
+a ``hydra.run.dir`` that holds a run, or that another process trains in now, gets its
+``.hydra/`` record overwritten before our code could refuse it. Each of these becomes one
+line that names the setting and the fix.
 
 >>> check_overrides(["+method=moco", "trainer.max_epochs=2"])  # fine: returns None
 """
@@ -20,7 +21,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, RecoLightningError, one_line
-from .run_dir import check_fresh, probe_run_dir, wants_resume
+from ..utils.distributed import global_rank_from_environment
+from .run_dir import check_fresh, check_unlocked, probe_run_dir, wants_resume
 
 #: Hydra's message for an override of a key that the composed config does not have
 _NOT_IN_STRUCT = re.compile(r"Could not override '([^']+)'")
@@ -45,6 +47,8 @@ def check_overrides(argv: Sequence[str]) -> None:
     overrides = [arg for arg in argv if "=" in arg]
     run_dir = _value(overrides, "hydra.run.dir")
     probe_run_dir(run_dir or "outputs")
+    if run_dir is not None and global_rank_from_environment() == 0:  # rank 0 holds the lock
+        check_unlocked(Path(run_dir).expanduser())
     if run_dir is not None and not wants_resume(_value(overrides, "resume")):
         check_fresh(Path(run_dir).expanduser())
     check_keys([o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))])

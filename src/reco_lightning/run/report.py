@@ -2,7 +2,9 @@
 
 Collects each job's ``summary.json`` and Hydra's ``.hydra/overrides.yaml`` beside it into
 ``report.csv``, ``report.md`` (also printed) and ``report.png`` in the sweep directory;
-README.md, "Sweeps and their report", says what they show.
+README.md, "Sweeps and their report", says what they show. A job that failed (its
+``failed.json``, see :mod:`.sweep`) is a row too, with its overrides and its one-line error,
+and the report says how many failed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .sweep import FAILED_FILE, read_failure
 
 #: the PNG files a training run draws (linked from the Markdown report)
 PICTURES = ("training_curves.png", "feature_map.png")
@@ -34,23 +37,32 @@ COLUMNS = (
     "linear_acc",
     "knn_acc_random_init",
     "train_time_s",
+    "status",
+    "error",
 )
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per ``summary.json`` under ``sweep_dir``, in job-directory order."""
+    """One row per job under ``sweep_dir`` (its ``summary.json``, or the ``failed.json`` of a
+    job that failed), in job-directory order."""
     if not sweep_dir.is_dir():
         raise ConfigError(
             f"SWEEP_DIR={sweep_dir} is not a directory: pass the directory a sweep wrote"
         )
     rows = []
-    for summary_path in sorted(
-        sweep_dir.rglob("summary.json"), key=lambda p: _natural(p.parent, sweep_dir)
-    ):
-        summary, job_dir = json.loads(summary_path.read_text()), summary_path.parent
+    jobs = {p.parent for name in ("summary.json", FAILED_FILE) for p in sweep_dir.rglob(name)}
+    for job_dir in sorted(jobs, key=lambda p: _natural(p, sweep_dir)):
         overrides_path = job_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else []
-        row = {key: summary.get(key) for key in COLUMNS}
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.is_file() else None
+        if (job_dir / FAILED_FILE).is_file():  # the job's latest attempt failed
+            failure = read_failure(job_dir / FAILED_FILE)
+            row = {key: None for key in COLUMNS}
+            row.update(status="failed", error=failure.get("error"))
+            overrides = overrides if overrides is not None else failure.get("overrides")
+        else:
+            summary = json.loads((job_dir / "summary.json").read_text())
+            row = {key: summary.get(key) for key in COLUMNS}
+            row.update(status="finished", error=None)
         row["job"] = str(job_dir.relative_to(sweep_dir)) or "."
         row["overrides"] = " ".join(overrides or [])
         row["pictures"] = [
@@ -59,8 +71,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
     if not rows:
         raise ConfigError(
-            f"no summary.json under {sweep_dir}: pass the directory of a sweep whose jobs finished "
-            "(hydra.sweep.dir, multirun/DATE/TIME by default)"
+            f"no summary.json (nor {FAILED_FILE}) under {sweep_dir}: pass the directory of a sweep "
+            "whose jobs ran (hydra.sweep.dir, multirun/DATE/TIME by default)"
         )
     return rows
 
@@ -81,14 +93,22 @@ def common_overrides(rows: list[dict[str, Any]]) -> list[str]:
     return [o for o in sets[0] if all(o in other for other in sets[1:])] if len(rows) > 1 else []
 
 
+def failed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the jobs that failed."""
+    return [row for row in rows if row.get("status") == "failed"]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table of the jobs; an ``error`` column, and a count below, when some failed."""
     shared = common_overrides(rows)
+    errors = failed(rows)
     header = (
         "| job | overrides | kNN (%) | linear (%) | kNN at init (%) | "
-        "epochs | time (s) | pictures |"
+        "epochs | time (s) | pictures |" + (" error |" if errors else "")
     )
     lines = [f"Common to all jobs: `{' '.join(shared)}`", ""] if shared else []
     lines += [header, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines[-1] += " --- |" if errors else ""
     for row in rows:
         own = " ".join(o for o in row["overrides"].split() if o not in shared)
         accuracies = (_fmt(row[k], True) for k in ("knn_acc", "linear_acc", "knn_acc_random_init"))
@@ -100,7 +120,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             _fmt(row["train_time_s"]),
             " ".join(f"[{Path(p).stem.replace('_', ' ')}]({p})" for p in row["pictures"]),
         ]
+        if errors:
+            error = row.get("error")
+            cells.append(f"failed: {error}".replace("|", "\\|") if error else "")
         lines.append(f"| {' | '.join(cells)} |")
+    if errors:
+        lines += ["", f"{len(errors)} of {len(rows)} jobs failed (each job's {FAILED_FILE})."]
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +185,8 @@ def write_report(sweep_dir: Path) -> list[dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     (sweep_dir / "report.md").write_text(markdown(rows))
-    plot(rows, sweep_dir / "report.png")
+    if len(failed(rows)) < len(rows):  # a plot of no finished job would be empty
+        plot(rows, sweep_dir / "report.png")
     return rows
 
 
@@ -176,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reco_lightning.run.report: error: {error}", file=sys.stderr)
         return 2
     print(markdown(rows))
-    print(f"wrote report.csv, report.md and report.png in {args.sweep_dir}")
+    png = (
+        " and report.png" if len(failed(rows)) < len(rows) else " (no report.png: no job finished)"
+    )
+    print(f"wrote report.csv, report.md{png} in {args.sweep_dir}")
     return 0
 
 

@@ -158,7 +158,14 @@ def schema_of(
 
 
 #: keyword arguments of the Trainer that the run sets itself
-TRAINER_OWN = ("logger", "callbacks", "default_root_dir", "use_distributed_sampler", "plugins")
+TRAINER_OWN = (
+    "logger",
+    "callbacks",
+    "default_root_dir",
+    "use_distributed_sampler",
+    "plugins",
+    "enable_checkpointing",  # the run writes its checkpoints itself (run.callbacks.RunCheckpoints)
+)
 DatasetSchema = schema_of(
     SSLDataModule,
     "DatasetSchema",

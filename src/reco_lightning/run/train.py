@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
@@ -30,8 +30,8 @@ from ..methods import METHODS, SSLMethod
 from ..reco import FeatureQueue, ReCoConfig
 from ..utils.distributed import global_rank_from_environment
 from ..utils.optim import check_optimizer
-from .callbacks import CheckpointOnSignal, EpochProgressBar, TrainingClock
-from .checkpoints import read_checkpoint
+from .callbacks import EpochProgressBar, RunCheckpoints, TrainingClock
+from .checkpoints import AtomicCheckpointIO, read_checkpoint
 from .config_checks import as_dict
 from .launch import local_ranks
 from .metrics_log import CSVHistoryLogger, MetricsHistory
@@ -40,6 +40,7 @@ from .run_dir import (
     check_writable,
     config_for_resume,
     resolve_resume,
+    run_lock,
     run_of_checkpoint,
     wants_resume,
 )
@@ -88,20 +89,9 @@ def build_trainer(
     )
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
     loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
-    checkpoints = ModelCheckpoint(
-        dirpath=str(output_dir / "checkpoints"),
-        filename="best-epoch{epoch:03d}-knn{val/knn_acc:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val/knn_acc",
-        mode="max",
-        save_last=True,
-        # one run per directory: last.ckpt is this run's, also after the directory was moved
-        # (Lightning would otherwise write last-v1.ckpt beside it and resume=auto take the old one)
-        enable_version_counter=False,
-    )
+    checkpoints = RunCheckpoints(output_dir / "checkpoints")
     callbacks = [
         checkpoints,
-        CheckpointOnSignal(output_dir / "checkpoints"),
         TrainingClock(),
         MetricsHistory(csv_log),
         LearningRateMonitor(logging_interval="epoch"),
@@ -118,6 +108,8 @@ def build_trainer(
             callbacks=callbacks,
             default_root_dir=str(output_dir),
             use_distributed_sampler=False,
+            plugins=[AtomicCheckpointIO()],
+            enable_checkpointing=False,  # RunCheckpoints writes them (Lightning's would too)
         )
     except (ValueError, TypeError, MisconfigurationException) as error:
         # Lightning checks the values of trainer.* (precision, devices, strategy ...) itself
@@ -173,6 +165,18 @@ def train(
     """
     rank_zero = global_rank_from_environment() == 0
     cfg, output_dir, resume_from = prepare_run(cfg, output_dir, overrides, rank_zero)
+    with run_lock(output_dir, take=rank_zero):  # one process per run directory
+        return _train_locked(cfg, output_dir, resume_from, callbacks, rank_zero)
+
+
+def _train_locked(
+    cfg: DictConfig,
+    output_dir: Path,
+    resume_from: Path | None,
+    callbacks: list | None,
+    rank_zero: bool,
+) -> dict[str, Any]:
+    """:func:`train` in the run directory that this process holds."""
     require_method(cfg)
     reject_added_keys(cfg)
     check_ranges(cfg)
@@ -205,7 +209,17 @@ def train(
         )
         elapsed = time.time() - started
         if "val/knn_acc" not in trainer.callback_metrics:  # resumed a run that had already finished
+            finished = _finished_summary(output_dir, trainer.global_step)
+            if finished is not None:
+                if rank_zero:
+                    print(
+                        f"reco_lightning: {output_dir} had already finished ({finished['epochs']} "
+                        "epochs); nothing trained: raise trainer.max_epochs to extend it"
+                    )
+                return finished
+            loggers, trainer.loggers = trainer.loggers, []  # measure, without a second row
             trainer.validate(model, datamodule=datamodule, verbose=False)
+            trainer.loggers = loggers
         return _summarise(cfg, trainer, reco, elapsed, knn_at_init, output_dir, rank_zero)
 
 
@@ -268,6 +282,15 @@ def _random_init_knn(
     return knn
 
 
+def _finished_summary(output_dir: Path, step: int) -> dict[str, Any] | None:
+    """The ``summary.json`` a finished run wrote at ``step``, or None."""
+    try:
+        summary = json.loads((output_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("steps") == step else None
+
+
 def _summarise(
     cfg: DictConfig,
     trainer: L.Trainer,
@@ -285,11 +308,11 @@ def _summarise(
         "dataset": cfg.dataset.name,
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
-        "train_time_s": round(elapsed, 1),
+        "train_time_s": round(_training_seconds(trainer, elapsed), 1),
         "knn_acc": metrics.get("val/knn_acc"),
         "linear_acc": metrics.get("val/linear_acc"),
         "knn_acc_random_init": knn_at_init,
-        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None) or None,
+        "best_checkpoint": _best_checkpoint(trainer),
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
         "output_dir": str(output_dir),
     }
@@ -327,6 +350,23 @@ def _pictures(trainer: L.Trainer, output_dir: Path, summary: dict[str, Any]) -> 
         feature_map(features, labels, map_path, map_title, max_points=MAP_POINTS)
     )
     return pictures
+
+
+def _training_seconds(trainer: L.Trainer, elapsed: float) -> float:
+    """Seconds spent training over the whole run, resumed parts included (TrainingClock's
+    count, saved in checkpoints); this process's fit time without the clock."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, TrainingClock):
+            return callback.seconds
+    return elapsed
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str | None:
+    """The run's best-*.ckpt (the highest val/knn_acc), if one was written."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunCheckpoints) and callback.best_path:
+            return callback.best_path
+    return None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
