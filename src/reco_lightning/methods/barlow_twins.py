@@ -76,9 +76,6 @@ class BarlowTwins(SSLMethod):
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.reco = self.make_reco(proj_output_dim, teacher_modules=["backbone", "projector"])
 
-    def online_embedding(self, images: Tensor) -> Tensor:
-        return F.normalize(self.projector(self.backbone(images)), dim=1)
-
     def _global_batch(self, z: Tensor) -> Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
             return z

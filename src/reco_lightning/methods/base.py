@@ -60,6 +60,8 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
 
     #: ReCo's module, or None when ReCo is off (see :meth:`make_reco`)
     reco: ReCo | None
+    #: the method's projection head (the default :meth:`online_embedding` runs it)
+    projector: nn.Module
     #: the method's temperature, used by ReCo's local term unless ``reco.tau_local`` is set.
     temperature: float = 0.2
     #: how ReCo's local term mixes the two strong views under ``reco.mix=auto``
@@ -135,6 +137,11 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         """The method's own loss from two strong views of the same images."""
         raise NotImplementedError
+
+    def online_embedding(self, images: Tensor) -> Tensor:
+        """The normalised projection of the backbone's features (a method with a predictor
+        overrides it); what ReCo scores and its EMA teacher copies."""
+        return F.normalize(self.projector(self.backbone(images)), dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features, what downstream tasks use."""

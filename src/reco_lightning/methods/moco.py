@@ -69,9 +69,6 @@ class MoCo(ProjectedTarget, SSLMethod):
         self.queue = FeatureQueue(queue_size, proj_output_dim, name="method.queue_size")
         self.reco = self.make_reco(proj_output_dim, borrows_negatives=True)
 
-    def online_embedding(self, images: Tensor) -> Tensor:
-        return F.normalize(self.projector(self.backbone(images)), dim=1)
-
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         features1 = self.backbone(view1)
         q1 = F.normalize(self.projector(features1), dim=1)

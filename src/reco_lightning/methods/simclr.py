@@ -40,9 +40,6 @@ class SimCLR(SSLMethod):
         self.projector = mlp_head(self.feature_dim, proj_hidden_dim, proj_output_dim)
         self.reco = self.make_reco(proj_output_dim, teacher_modules=["backbone", "projector"])
 
-    def online_embedding(self, images: Tensor) -> Tensor:
-        return F.normalize(self.projector(self.backbone(images)), dim=1)
-
     def method_step(self, view1: Tensor, view2: Tensor) -> MethodOutput:
         features1 = self.backbone(view1)
         z1 = F.normalize(self.projector(features1), dim=1)
