@@ -497,6 +497,10 @@ def cases() -> list[Case]:
             setup=run,
         ),
         Case(
+            "a run directory whose name is 300 characters long",
+            tiny(*MOCO_RECO, "hydra.run.dir=" + "d" * 300),
+        ),
+        Case(
             "a disk that fills during training (4 MiB tmpfs as run directory)",
             tiny(*MOCO_RECO, "hydra.run.dir=disk/run"),
             setup=small_disk("disk"),

@@ -279,8 +279,14 @@ def probe_run_dir(run_dir: str) -> None:
     """Before Hydra creates ``hydra.run.dir``: can it be created and written?"""
     path = Path(os.path.expanduser(run_dir))
     existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    except OSError as error:  # a name longer than the file system allows
+        raise ConfigError(
+            f"hydra.run.dir={run_dir[:60]}... cannot be used ({error.strerror}): choose a "
+            "shorter path"
+        ) from None
     problem = None
     if existing.exists() and not existing.is_dir():
         problem = f"{existing} is a file"
