@@ -151,3 +151,45 @@ def test_the_walker_finds_a_lazy_relative_import_of_a_higher_layer(tmp_path):
     found = imports(fake, name="reco_lightning.losses.fake")
     assert found == {"reco_lightning.run.train", "reco_lightning.losses.instance"}
     assert LAYERS[part("reco_lightning.run.train")] > LAYERS["losses"]
+
+
+def function_level_imports(path: Path, name: str | None = None) -> list[str]:
+    """``module:line`` of every import of this package inside a function or method of
+    ``path`` (the module ``name``)."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            relative = isinstance(node, ast.ImportFrom) and node.level > 0
+            absolute = isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+                name.startswith("reco_lightning")
+                for name in (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+            )
+            if relative or absolute:
+                found.append(f"{name or module_name(path)}:{node.lineno}")
+    return found
+
+
+def test_no_function_imports_a_module_of_the_package():
+    """A lazy import hides a dependency (and once hid a cycle): every import of the package's
+    own modules is at the top of its module (``__main__`` answers ``--help`` before its
+    imports, at module level, so that help stays free of Lightning)."""
+    lazy = [hit for path in PACKAGE.rglob("*.py") for hit in function_level_imports(path)]
+    assert not lazy, "imports of the package inside functions: " + ", ".join(sorted(lazy))
+
+
+def test_the_lazy_import_finder_finds_one(tmp_path):
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "from . import instance\nimport torch\n\ndef f():\n    import json\n"
+        "    from ..run.train import train\n"
+    )
+    assert function_level_imports(fake, "reco_lightning.losses.fake") == [
+        "reco_lightning.losses.fake:6"
+    ]
