@@ -56,7 +56,8 @@ CODE_TREES = ROOT / "benchmark_runs" / "code"
 #: code is that of 8b48e80, which added reco.scale and diagnostics.term_grad_steps)
 VAL_CODE = "960070b3c194057dc429cef5fa71a376ebb832ca"
 #: the code the test cells run: a commit whose shipped defaults are what validation chose
-#: (``check_test_cell`` verifies it); None until validation is complete
+#: (``check_test_cell`` verifies it) and whose last.ckpt is the last epoch (RunCheckpoints,
+#: 65641ed or later; :func:`code_for` verifies it); None until validation is complete
 TEST_CODE: str | None = None
 
 PROTOCOL_OVERRIDES = [
@@ -268,6 +269,17 @@ def code_for(cell: Cell) -> str:
         raise CellRefused(
             "no TEST_CODE yet: once validation is complete, commit its choices as the shipped "
             "defaults and set quality_v2.TEST_CODE to that commit"
+        )
+    written_each_epoch = subprocess.run(
+        ["git", "grep", "-q", "class RunCheckpoints", TEST_CODE, "--", "src"],
+        cwd=ROOT,
+        check=False,
+    )
+    if written_each_epoch.returncode != 0:
+        raise CellRefused(
+            f"TEST_CODE {TEST_CODE[:10]} predates RunCheckpoints: its last.ckpt is the best "
+            "epoch by the monitored kNN, which on the test split is a pick on the test images; "
+            "choose a commit at or after 65641ed"
         )
     return TEST_CODE
 

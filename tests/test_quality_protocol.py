@@ -86,3 +86,26 @@ def test_every_group_names_each_cell_once_and_validation_never_reads_test_images
     assert len({cell.name for cell in cells}) == len(cells)
     assert all(cell.split == "trainval" for cell in q.val_cells())
     assert len(q.test_cells()) == 18 and {c.seed for c in q.test_cells()} == {0, 1, 2}
+
+
+def test_test_cells_refuse_code_whose_last_checkpoint_is_the_best_epoch(monkeypatch):
+    """Before RunCheckpoints, last.ckpt was the best epoch by the monitored kNN: on the test
+    split a pick on the test images. Test cells refuse such code."""
+    import subprocess
+
+    def commit(ref: str) -> str:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+            capture_output=True,
+            text=True,
+            cwd=q.ROOT,
+        )
+        if found.returncode != 0:
+            pytest.skip(f"commit {ref} is not in this checkout's history")
+        return found.stdout.strip()
+
+    monkeypatch.setattr(q, "TEST_CODE", commit("fee94d9"))
+    with pytest.raises(q.CellRefused, match="predates RunCheckpoints"):
+        q.code_for(q.test_cells()[0])
+    monkeypatch.setattr(q, "TEST_CODE", commit("65641ed"))
+    assert q.code_for(q.test_cells()[0]) == commit("65641ed")
