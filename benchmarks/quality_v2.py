@@ -801,6 +801,30 @@ def report_choices(results: dict[str, dict]) -> None:
         print(f"- {method}: {state}; mean validation kNN: {ranked or '—'}")
 
 
+def report_barlow(results: dict[str, dict]) -> None:
+    """Barlow Twins off and on, seed 0, validation split (issue 24's fifth method)."""
+    print(
+        "| cell | commit | kNN, last epoch (val 5,000) | eval of last.ckpt | linear | "
+        "loss method / global / local, last epoch | grad share method / global / local |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | --- | --- |")
+    for cell in barlow_cells():
+        result = results.get(cell.name)
+        if result is None:
+            continue
+        last = (result.get("terms") or [{}])[-1]
+
+        def three(prefix: str, digits: int) -> str:
+            values = [last.get(f"{prefix}{name}") for name in ("method", "global", "local")]
+            return " / ".join("—" if v is None else f"{v:.{digits}f}" for v in values)
+
+        print(
+            f"| {cell.name} | {result['commit'][:10]} | {pct(validation_score(result))} | "
+            f"{pct(result['final_knn'])} | {pct(result['final_linear'])} | "
+            f"{three('loss_', 2)} | {three('grad_share_', 3)} |"
+        )
+
+
 DOC_BLOCKS = {
     "v2-validation": report_validation,
     "v2-terms": report_terms,
@@ -808,6 +832,7 @@ DOC_BLOCKS = {
     "v2-test": report_test,
     "v2-equal-compute": report_equal_compute,
     "v2-long": report_long_and_32px,
+    "v2-barlow": report_barlow,
 }
 
 
