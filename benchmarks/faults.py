@@ -472,6 +472,21 @@ def cases() -> list[Case]:
             setup=copy_fixture("many_corrupt_images", "images"),
         ),
         Case("non-finite loss (optimizer.lr=1e30)", tiny(*MOCO, "optimizer.lr=1e30")),
+        # -- values that are not numbers, or out of their range (schema.RANGES)
+        Case("reco.w_global=nan", tiny(*MOCO_RECO, "reco.w_global=nan")),
+        Case("reco.w_global=inf", tiny(*MOCO_RECO, "reco.w_global=inf")),
+        Case("reco.tau_student=inf", tiny(*MOCO_RECO, "reco.tau_student=inf")),
+        Case("optimizer.weight_decay=-1e-4", tiny(*MOCO, "optimizer.weight_decay=-1e-4")),
+        Case("optimizer.warmup_epochs=-1", tiny(*MOCO, "optimizer.warmup_epochs=-1")),
+        Case("optimizer.lr=-0.1 (named as given)", tiny(*MOCO, "optimizer.lr=-0.1")),
+        Case("dataset.batch_size=1", tiny(*MOCO, "dataset.batch_size=1")),
+        Case("seed=-1", tiny(*MOCO, "seed=-1")),
+        Case("trainer.limit_train_batches=0", tiny(*MOCO, "trainer.limit_train_batches=0")),
+        Case(
+            "an image folder whose path is not ASCII, unquoted",
+            tiny(*MOCO, "dataset=imagefolder", "dataset.root=bilder_äöü", "dataset.num_workers=0"),
+            setup=copy_fixture("images", "bilder_äöü"),
+        ),
         # -- run directories and resuming
         Case(
             "rerun into a finished run without resume",

@@ -177,3 +177,11 @@ def test_the_shipped_presets_are_in_range(compose_config):
 
     for method in sorted(METHODS):
         check_ranges(compose_config(f"+method={method}", "+reco=on"))
+
+
+def test_a_value_outside_ascii_must_be_quoted_for_hydra():
+    from reco_lightning.run.cli_checks import check_quoting
+
+    with pytest.raises(ConfigError, match="""write 'dataset.root="bilder_äöü"'"""):
+        check_quoting(["+method=moco", "dataset.root=bilder_äöü"])
+    check_quoting(["dataset.root='bilder_äöü'", 'dataset.root="bilder_äöü"', "seed=1"])

@@ -55,7 +55,7 @@ JSON_FIELDS = {
     "normalisation",
     "method",
     "reco",
-    "epoch",
+    "epochs_trained",
     "global_step",
     "knn_acc",
     "knn_acc_from",
@@ -386,7 +386,7 @@ def test_backbone_json_describes_the_run(runs, exported):
         assert (
             info["format"] == "torchscript" and info["file"] == "backbone.pt"
         )  # the last one exported
-        assert info["global_step"] == 3 and info["epoch"] == 0
+        assert info["global_step"] == 3 and info["epochs_trained"] == 1
         assert (
             info["normalisation"]["dataset"] == "digits" and len(info["normalisation"]["std"]) == 3
         )

@@ -239,6 +239,20 @@ def run_dataset(run_dir: Path, state: Mapping[str, Any]) -> dict[str, Any] | Non
     return dict(saved) if isinstance(saved, Mapping) else None
 
 
+def epochs_trained(state: Mapping[str, Any]) -> int | None:
+    """The training epochs the checkpoint's weights have completed (a checkpoint written at
+    an epoch boundary or at the end counts every epoch before it; one written mid-epoch,
+    on SIGTERM, leaves the epoch in progress out).
+
+    >>> epochs_trained({"loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}}})
+    3
+    """
+    try:
+        return int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def knn_record(
     run_dir: Path, checkpoint: Path, state: Mapping[str, Any]
 ) -> tuple[float | None, str | None]:
@@ -395,9 +409,7 @@ def export_backbone(
         "normalisation": normalisation(dataset),
         "method": checkpoint_method(state),
         "reco": checkpoint_has_reco(state),
-        "epoch": state.get(
-            "epoch"
-        ),  # Lightning's 0-based index of the epoch the checkpoint was saved in
+        "epochs_trained": epochs_trained(state),
         "global_step": state.get("global_step"),
         "knn_acc": knn,
         "knn_acc_from": knn_from,
@@ -491,6 +503,7 @@ __all__ = [
     "build_line",
     "check_format",
     "describe_architecture",
+    "epochs_trained",
     "export_backbone",
     "load_line",
     "normalisation",

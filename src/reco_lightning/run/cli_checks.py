@@ -40,6 +40,18 @@ def _value(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
+def check_quoting(argv: Sequence[str]) -> None:
+    """ConfigError for a value with characters outside ASCII that is not quoted: Hydra's
+    override grammar would stop with a lexer traceback (a folder named ``bilder_äöü``)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not value.isascii() and not (value[:1] in "'\"" and value[-1:] == value[:1]):
+            raise ConfigError(
+                f"{arg}: Hydra's command line takes characters outside ASCII only inside quotes: "
+                f"write '{key}=\"{value}\"' (the outer single quotes are for the shell)"
+            )
+
+
 def check_overrides(argv: Sequence[str]) -> None:
     """ConfigError for the first problem of the command line that Hydra would report badly."""
     if any(arg.startswith("-") for arg in argv):
@@ -123,6 +135,7 @@ def check_or_exit(program: str, argv: Sequence[str], config_name: str = "config"
     exits with status 2. The training command checks everything above (``config``); eval
     and export, whose runs change nothing until their checks pass, only the keys."""
     try:
+        check_quoting(argv)
         if config_name == "config":
             check_overrides(argv)
         elif not any(arg.startswith("-") for arg in argv):
