@@ -3,6 +3,7 @@ goes, and ReCo on it (weighted relative to a loss of ~2,000)."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -100,3 +101,16 @@ def test_barlow_is_a_method_of_the_cli_from_its_module_and_preset_alone():
     given a schema; its preset is the one YAML beside the other methods'."""
     assert METHODS["barlow"] is BarlowTwins
     assert {path.stem for path in CONF.glob("*.yaml")} == set(METHODS)
+
+
+def test_the_fifth_method_lives_in_its_two_files_only():
+    """Issue 24's test of the seam: Barlow Twins is one module and one preset; no other file
+    of the package or its config names its class or its ``+method=`` key."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "src" / "reco_lightning").rglob("*.py"), *(root / "conf").rglob("*.yaml")]
+    naming = sorted(
+        str(path.relative_to(root))
+        for path in files
+        if "BarlowTwins" in (text := path.read_text()) or re.search(r"\bbarlow\b", text)
+    )
+    assert naming == ["conf/method/barlow.yaml", "src/reco_lightning/methods/barlow_twins.py"]
