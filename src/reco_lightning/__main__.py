@@ -20,6 +20,7 @@ if __name__ == "__main__" and wants_help(sys.argv[1:]):
     sys.exit(0)
 
 # past --help: what training needs (Hydra, and through train, Lightning)
+import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -32,6 +33,15 @@ from .run.cli_checks import check_or_exit  # noqa: E402
 from .run.run_dir import hydra_files_only, remove_if_unused  # noqa: E402
 from .run.sweep import FAILED_FILE, clear_failure, record_failure  # noqa: E402
 from .run.train import train  # noqa: E402
+
+
+def lightning_banners_to_stdout() -> None:
+    """Lightning's banners (the devices found, tips) are information, not problems: on stdout,
+    so that stderr holds warnings and, when a run fails, its one line."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+                handler.setStream(sys.stdout)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://reco_lightning.conf", config_name="config")
@@ -67,4 +77,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     check_or_exit("reco_lightning", sys.argv[1:])  # before Hydra creates the run directory
+    lightning_banners_to_stdout()
     main()

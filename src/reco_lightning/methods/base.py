@@ -241,5 +241,9 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The kNN, probe and relation measures of each validation epoch."""
+        if self._trainer is not None and any(
+            isinstance(callback, ValidationMonitor) for callback in self.trainer.callbacks
+        ):
+            return []  # a second fit or validate of the same Trainer keeps the first
         hparams = self.hparams
         return [ValidationMonitor(self.num_classes, hparams.knn_k, hparams.knn_temperature)]

@@ -87,6 +87,8 @@ def build_trainer(
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
+    # Lightning 2.6 under torch 2.14 warns about its own use of torch's pytree API
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     csv_log = CSVHistoryLogger(save_dir=str(output_dir), name="", version="")
     loggers: list[Logger] = [csv_log, *build_trackers(cfg.get("logger"), output_dir)]
     checkpoints = RunCheckpoints(output_dir / "checkpoints")
