@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,3 +53,14 @@ def cifar10_folder() -> Path:
     if not CIFAR10_FOLDER.is_dir():
         pytest.skip(f"the CIFAR-10 image folder {CIFAR10_FOLDER} is absent on this machine")
     return CIFAR10_FOLDER
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m reco_lightning ARGS`` in ``cwd``, as a user runs it (the CLI tests')."""
+    return subprocess.run(
+        [sys.executable, "-m", "reco_lightning", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

@@ -11,15 +11,7 @@ import pytest
 
 from reco_lightning.methods import METHODS
 
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from .conftest import run_cli
 
 
 def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -4,8 +4,6 @@ resume continues in the run it names, and failed starts leave nothing behind."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +12,8 @@ import torch
 
 from reco_lightning.errors import ConfigError, NonFiniteLossError
 from reco_lightning.run.train import train
+
+from .conftest import run_cli
 
 #: each test trains or runs the command line: in `pytest -m slow`
 pytestmark = pytest.mark.slow
@@ -26,16 +26,6 @@ def snapshot(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")

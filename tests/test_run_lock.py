@@ -24,15 +24,7 @@ from reco_lightning.run.run_dir import (
 )
 from reco_lightning.run.train import train
 
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from .conftest import run_cli
 
 
 def dead_pid() -> int:
