@@ -109,3 +109,15 @@ def test_test_cells_refuse_code_whose_last_checkpoint_is_the_best_epoch(monkeypa
         q.code_for(q.test_cells()[0])
     monkeypatch.setattr(q, "TEST_CODE", commit("65641ed"))
     assert q.code_for(q.test_cells()[0]) == commit("65641ed")
+
+
+def test_same_training_tells_a_changed_loss_from_a_measurement_in_another_float_order():
+    import same_training as s
+
+    run = [{"train/loss_step": "0.5", "train/grad_norm_method": "1.6455736"}]
+    reordered = [{"train/loss_step": "0.5", "train/grad_norm_method": "1.6455737"}]
+    changed = [{"train/loss_step": "0.50000006", "train/grad_norm_method": "1.6455736"}]
+    assert s.differences(run, reordered) == []
+    assert s.bit_identical(run, reordered) == (1, 2)
+    assert s.differences(run, changed) == ["row 0 train/loss_step: '0.5' against '0.50000006'"]
+    assert s.differences(run, run + run) == ["1 rows against 2"]
