@@ -93,6 +93,9 @@ def settings(method: str) -> dict[str, tuple[str, ...] | None]:
         "warmup-0": ("reco.warmup_epochs=0",),
         "global-only": ("reco.w_local=0",),
         "local-only": ("reco.w_global=0",),
+        # added 2026-12-07, before any cell of it ran: the weights the other way (``scale-
+        # relative`` weighs SimCLR's terms about 0.65 and BYOL's about 0.1, MoCo's about 1)
+        "weights-2": ("reco.w_global=2", "reco.w_local=2"),
     }
     if method == "simclr":  # its teacher: ReCo's EMA copy (auto) or the online network
         chosen["teacher-online"] = ("reco.teacher=online",)
