@@ -88,14 +88,14 @@ def settings(method: str) -> dict[str, tuple[str, ...] | None]:
         "off": None,
         "default": (),
         "scale-relative": ("reco.scale=relative",),
+        # added 2026-12-07, before any cell of it ran, and run next: larger weights
+        # (``scale-relative`` weighs SimCLR's terms about 0.65, BYOL's 0.1, MoCo's 1)
+        "weights-2": ("reco.w_global=2", "reco.w_local=2"),
         f"mix-{OTHER_MIX[method]}": (f"reco.mix={OTHER_MIX[method]}",),
         "negatives-batch": ("reco.negatives=batch",),
         "warmup-0": ("reco.warmup_epochs=0",),
         "global-only": ("reco.w_local=0",),
         "local-only": ("reco.w_global=0",),
-        # added 2026-12-07, before any cell of it ran: the weights the other way (``scale-
-        # relative`` weighs SimCLR's terms about 0.65 and BYOL's about 0.1, MoCo's about 1)
-        "weights-2": ("reco.w_global=2", "reco.w_local=2"),
     }
     if method == "simclr":  # its teacher: ReCo's EMA copy (auto) or the online network
         chosen["teacher-online"] = ("reco.teacher=online",)
