@@ -55,12 +55,17 @@ def cifar10_folder() -> Path:
     return CIFAR10_FOLDER
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m reco_lightning ARGS`` in ``cwd``, as a user runs it (the CLI tests')."""
+def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` in ``cwd``, as a user runs it (the command-line tests')."""
     return subprocess.run(
-        [sys.executable, "-m", "reco_lightning", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m reco_lightning ARGS`` in ``cwd``."""
+    return run_module("reco_lightning", *args, cwd=cwd)

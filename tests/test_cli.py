@@ -5,23 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from reco_lightning.methods import METHODS
 
-from .conftest import run_cli
-
-
-def run_eval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.eval", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from .conftest import run_cli, run_module
 
 
 def test_missing_method_is_a_message_not_a_traceback(tmp_path):
@@ -55,7 +44,7 @@ def test_a_trainer_value_lightning_refuses_is_one_line_and_leaves_nothing(tmp_pa
 
 @pytest.mark.slow
 def test_eval_misspelt_key_gets_did_you_mean(tmp_path):
-    result = run_eval("checkpoint=x", "knn.kk=3", cwd=tmp_path)
+    result = run_module("reco_lightning.eval", "checkpoint=x", "knn.kk=3", cwd=tmp_path)
     assert result.returncode == 2
     assert (
         result.stderr.strip()

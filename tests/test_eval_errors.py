@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from reco_lightning.methods import BYOL, MoCo, SimCLR
 from reco_lightning.run.checkpoints import METHOD_KEY, read_checkpoint
 from reco_lightning.run.evaluate import DEFAULT_KNN, evaluate, knn_settings
 
-from .conftest import TINY
+from .conftest import TINY, run_module
 
 #: a quick evaluation: no linear classifier, no feature map, no alignment views
 QUICK = [
@@ -58,16 +57,6 @@ def eval_config(*overrides: str) -> DictConfig:
     """``conf/eval.yaml`` composed as ``python -m reco_lightning.eval`` would."""
     with initialize_config_module(config_module="reco_lightning.conf", version_base="1.3"):
         return compose(config_name="eval", overrides=list(overrides))
-
-
-def run_eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.eval", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *phrases: str) -> str:
@@ -213,13 +202,13 @@ def test_read_checkpoint_rejects_other_files(tmp_path, content, phrase):
 @pytest.mark.slow
 def test_eval_command_on_a_truncated_checkpoint_is_one_line(runs, tmp_path):
     bad = truncated_copy(runs["moco_on"] / "checkpoints" / "last.ckpt", tmp_path / "copied.ckpt")
-    done = run_eval_cli(f"checkpoint={bad}", cwd=tmp_path)
+    done = run_module("reco_lightning.eval", f"checkpoint={bad}", cwd=tmp_path)
     assert_one_line_error(done, str(bad), "not a readable checkpoint", "truncated")
 
 
 # -- 12: no checkpoint= -----------------------------------------------------------------------
 def test_eval_command_without_checkpoint_is_one_line(tmp_path):
-    done = run_eval_cli(cwd=tmp_path)
+    done = run_module("reco_lightning.eval", cwd=tmp_path)
     assert_one_line_error(done, "checkpoint is not set", "checkpoint=")
 
 
@@ -311,5 +300,7 @@ def test_a_trainer_resuming_with_the_other_reco_setting_is_a_config_error(runs, 
 def test_eval_on_cuda_without_a_gpu_is_one_line(runs, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    done = run_eval_cli(f"checkpoint={runs['moco_on']}", "device=cuda", cwd=tmp_path)
+    done = run_module(
+        "reco_lightning.eval", f"checkpoint={runs['moco_on']}", "device=cuda", cwd=tmp_path
+    )
     assert_one_line_error(done, "device=cuda", "no CUDA GPU")

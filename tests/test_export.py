@@ -34,7 +34,7 @@ from reco_lightning.export import (
 from reco_lightning.models import build_backbone
 from reco_lightning.run.evaluate import load_backbone
 
-from .conftest import TINY
+from .conftest import TINY, run_module
 
 #: features of the exported file and of the checkpoint's backbone must agree to this
 TOLERANCE = 1e-6
@@ -232,7 +232,9 @@ def test_export_command_on_a_truncated_checkpoint_is_one_line(tmp_path):
     run = fake_run(tmp_path / "run", 8, True)
     bad = run / "checkpoints" / "cut.ckpt"
     bad.write_bytes((run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    done = run_export_cli(f"checkpoint={bad}", "format=safetensors", cwd=tmp_path)
+    done = run_module(
+        "reco_lightning.export", f"checkpoint={bad}", "format=safetensors", cwd=tmp_path
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     errors = [
@@ -244,16 +246,6 @@ def test_export_command_on_a_truncated_checkpoint_is_one_line(tmp_path):
         len(errors) == 1 and str(bad) in errors[0] and "not a readable checkpoint" in errors[0]
     ), done.stderr
     assert not (run / "export").exists()
-
-
-def run_export_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "reco_lightning.export", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 # -- slow: trained runs -----------------------------------------------------------------------
@@ -432,9 +424,10 @@ def test_backbone_json_describes_the_run(runs, exported):
 
 @pytest.mark.slow
 def test_export_command_help_and_default_output(runs, exported, tmp_path):
-    done = run_export_cli("--help", cwd=tmp_path)
+    done = run_module("reco_lightning.export", "--help", cwd=tmp_path)
     assert done.returncode == 0 and "format: torchvision" in done.stdout, done.stderr[-3000:]
-    done = run_export_cli(
+    done = run_module(
+        "reco_lightning.export",
         f"checkpoint={runs['narrow']}",
         "format=safetensors",
         f"output={tmp_path / 'out'}",
