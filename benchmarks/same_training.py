@@ -14,18 +14,21 @@ in between, to a relative ``1e-6`` (float32 sums in another order):
     python benchmarks/same_training.py 960070b3 HEAD --overrides reco.scale=relative
 
 Both commits run from trees unpacked as the protocol's cells are (``benchmark_runs/code/``),
-one thread each. Exit status 1 when a value differs.
+one thread each, on the validation split's folder (``quality.trainval_root``). Exit status 1
+when a value differs.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import quality
 import quality_v2
 
 #: a short run at the protocol's settings: 3 steps in each of 2 epochs, a one-batch validation
@@ -55,9 +58,7 @@ def train_short(commit: str, method: str, overrides: list[str], out: Path) -> Pa
     """Train ``method`` + ReCo briefly under ``commit``; return the run's ``metrics.csv``."""
     tree = quality_v2.code_tree(commit)
     cell = quality_v2.Cell("same-training", method, True, 0, tuple(overrides), "trainval")
-    data_root = quality_v2.os.path.relpath(
-        quality_v2.ROOT / "benchmark_runs" / "cifar10_trainval", quality_v2.ROOT
-    )
+    data_root = os.path.relpath(quality.trainval_root(quality.DEFAULT_DATA), quality_v2.ROOT)
     run_dir = out / f"{commit[:10]}-{method}"
     command = [
         sys.executable,
