@@ -89,7 +89,7 @@ def settings(method: str) -> dict[str, tuple[str, ...] | None]:
         "default": (),
         "scale-relative": ("reco.scale=relative",),
         # added 2026-12-07, before any cell of it ran, and run next: larger weights
-        # (``scale-relative`` weighs SimCLR's terms about 0.65, BYOL's 0.1, MoCo's 1)
+        # (``scale-relative`` weighs SimCLR's terms about 0.7, BYOL's 0.05, MoCo's 1)
         "weights-2": ("reco.w_global=2", "reco.w_local=2"),
         f"mix-{OTHER_MIX[method]}": (f"reco.mix={OTHER_MIX[method]}",),
         "negatives-batch": ("reco.negatives=batch",),
