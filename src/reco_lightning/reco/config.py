@@ -12,7 +12,7 @@ from ..errors import ConfigError, fraction, positive
 from .mixing import MIX_MODES
 
 #: where the local term's negatives come from
-NEGATIVES = ("queue", "batch")
+NEGATIVES = ("queue", "batch")  # and "auto": the method's
 #: which network is ReCo's teacher (see ReCoConfig)
 TEACHERS = ("auto", "ema", "online")
 #: what the weights multiply (see ReCoConfig)
@@ -25,7 +25,9 @@ class ReCoConfig:
 
     * ``tau_local=None``: the method's own temperature (0.2 for BYOL, which has none).
     * ``negatives``: ``queue`` (a FIFO of earlier teacher keys, ``negatives_size`` long;
-      MoCo lends its own) or ``batch`` (the other teacher keys of this global batch).
+      MoCo lends its own), ``batch`` (the other teacher keys of this global batch), or
+      ``auto`` (the default), the method's choice (``ReCo(..., negatives=)``): ``queue``
+      unless a method's validation chose otherwise (docs/benchmarks.md).
     * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's momentum
       target if it has one (``target_embedding``), else ReCo's own EMA copy of the online
       network; ``ema`` always the copy (``teacher_momentum``, on the method's schedule);
@@ -57,7 +59,7 @@ class ReCoConfig:
     mix: str = "auto"
     bank_size: int = 16384
     negatives_size: int = 16384
-    negatives: str = "queue"
+    negatives: str = "auto"
     teacher: str = "auto"
     teacher_momentum: float = 0.99
     warmup_epochs: float = 2.0
@@ -79,7 +81,7 @@ class ReCoConfig:
                     f"reco.{name}={getattr(self, name)} must be a positive number of embeddings"
                 )
         for name, choices in (
-            ("negatives", NEGATIVES),
+            ("negatives", ["auto", *NEGATIVES]),
             ("teacher", TEACHERS),
             ("mix", ["auto", *MIX_MODES]),
             ("scale", ["auto", *SCALES]),
