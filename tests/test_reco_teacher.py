@@ -667,6 +667,29 @@ def test_warmup_weights_follow_the_schedule():
     assert no_warmup.reco.weights(TrainingProgress(0, 100, 10)) == (2.0, 1.0)
 
 
+class NoWarmupSimCLR(SimCLR):
+    """A method whose own choice is no warm-up (as a validation choice would set it)."""
+
+    reco_warmup_epochs = 0.0
+
+
+@pytest.mark.parametrize(
+    "cls, setting, full_from_step",
+    [
+        (SimCLR, None, 20),  # the built-in methods' warm-up: 2 epochs of 10 steps
+        (MoCo, None, 20),
+        (NoWarmupSimCLR, None, 0),
+        (NoWarmupSimCLR, 1.0, 10),  # a user's setting overrides the method's
+        (SimCLR, 0.0, 0),
+    ],
+)
+def test_warmup_null_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, full_from_step):
+    model = _method(cls, {"warmup_epochs": setting})
+    scales = [model.reco.weights(TrainingProgress(step, 100, 10))[0] for step in range(25)]
+    first_full = scales.index(1.0)
+    assert first_full == full_from_step and all(s < 1.0 for s in scales[:first_full])
+
+
 def test_training_progress_counts_optimizer_steps_per_epoch():
     """20 micro-batches an epoch, accumulate 2: 10 optimizer steps an epoch."""
     trainer = SimpleNamespace(

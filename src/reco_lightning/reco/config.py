@@ -35,7 +35,9 @@ class ReCoConfig:
       docs/benchmarks.md).
     * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
-    * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
+    * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs; ``None``
+      (the default), the method's (``ReCo(..., warmup_epochs=)``: 2 for every built-in
+      method unless its validation chose otherwise, docs/benchmarks.md).
     * ``scale``: ``auto`` (the default) takes the method's choice (``ReCo(..., scale=)``):
       ``absolute`` for the built-in InfoNCE and BYOL-like methods and for user modules,
       ``relative`` for Barlow Twins. ``absolute`` adds ``w * term``, which assumes a method
@@ -62,7 +64,7 @@ class ReCoConfig:
     negatives: str = "auto"
     teacher: str = "auto"
     teacher_momentum: float = 0.99
-    warmup_epochs: float = 2.0
+    warmup_epochs: float | None = None
     scale: str = "auto"
 
     def __post_init__(self) -> None:
@@ -91,7 +93,7 @@ class ReCoConfig:
                     f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}"
                 )
         fraction("reco.teacher_momentum", self.teacher_momentum)
-        if self.warmup_epochs < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(
                 f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the "
                 "start)"

@@ -123,6 +123,8 @@ class ReCo(nn.Module):
             ``reco.scale=auto``: ``relative`` for a method loss far from order 1-10.
         negatives: the owner's choice of the local term's negatives (``queue`` or
             ``batch``) for ``reco.negatives=auto``.
+        warmup_epochs: the owner's warm-up of both weights, in epochs, for
+            ``reco.warmup_epochs=null``.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class ReCo(nn.Module):
         mix: str = "cutmix",
         scale: str = "absolute",
         negatives: str = "queue",
+        warmup_epochs: float = 2.0,
     ) -> None:
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
@@ -161,6 +164,13 @@ class ReCo(nn.Module):
             raise ConfigError(
                 f"ReCo(negatives={negatives!r}): the owner's negatives must be one of "
                 f"{list(NEGATIVES)}"
+            )
+        self.warmup_epochs = (
+            checked.warmup_epochs if checked.warmup_epochs is not None else warmup_epochs
+        )
+        if self.warmup_epochs < 0:
+            raise ConfigError(
+                f"ReCo(warmup_epochs={warmup_epochs!r}): the owner's warm-up must be >= 0"
             )
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
@@ -219,7 +229,7 @@ class ReCo(nn.Module):
     def weights(self, progress: TrainingProgress) -> tuple[float, float]:
         """``(w_global, w_local)``, raised linearly from 0 over ``reco.warmup_epochs``."""
         config = self.config
-        warmup_steps = config.warmup_epochs * progress.steps_per_epoch
+        warmup_steps = self.warmup_epochs * progress.steps_per_epoch
         if progress.step is None or warmup_steps <= 0:
             return config.w_global, config.w_local
         scale = min(progress.step / warmup_steps, 1.0)
