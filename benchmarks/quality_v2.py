@@ -362,14 +362,18 @@ if reco.get("mix") == "auto":
     reco["mix"] = METHODS[method].reco_mix
 if reco.get("scale") == "auto":
     reco["scale"] = getattr(METHODS[method], "reco_scale", "absolute")
+if reco.get("negatives") == "auto":
+    reco["negatives"] = getattr(METHODS[method], "reco_negatives", "queue")
+if reco.get("warmup_epochs") is None:
+    reco["warmup_epochs"] = getattr(METHODS[method], "reco_warmup_epochs", 2.0)
 print(json.dumps(reco))
 """
 
 
 def resolved_reco(cell: Cell, data_root: str, tree: Path | None = None) -> dict[str, Any] | None:
     """The ReCo settings ``cell`` trains with under the code of ``tree`` (None: the installed
-    package), resolved as the CLI composes them, ``mix=auto`` and ``scale=auto`` made the
-    method's choices; None when ReCo is off."""
+    package), resolved as the CLI composes them, ``mix``, ``scale`` and ``negatives`` ``auto`` and
+    ``warmup_epochs`` null made the method's choices; None when ReCo is off."""
     if not cell.reco:
         return None
     command = [sys.executable, "-c", _RESOLVE, cell.method, json.dumps(cell.arguments(data_root))]

@@ -419,6 +419,42 @@ def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting,
     assert modes and set(modes) == {used}
 
 
+class BatchNegativesSimCLR(SimCLR):
+    """A method whose own choice is batch negatives (as a validation choice would set it)."""
+
+    reco_negatives = "batch"
+
+
+@pytest.mark.parametrize(
+    "cls, setting, used",
+    [
+        (SimCLR, "auto", "queue"),
+        (BYOL, "auto", "queue"),
+        (MoCo, "auto", "queue"),
+        (BatchNegativesSimCLR, "auto", "batch"),
+        (BatchNegativesSimCLR, "queue", "queue"),
+        (SimCLR, "batch", "batch"),
+    ],
+)
+def test_negatives_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, used):
+    model = _method(cls, {"negatives": setting, "warmup_epochs": 0})
+    assert model.reco.negatives_kind == used
+    # a queue of its own only for queue negatives that the method does not lend (MoCo's)
+    assert (model.reco.negatives is not None) == (used == "queue" and cls is not MoCo)
+    assert model.reco.borrows_negatives == (used == "queue" and cls is MoCo)
+    v1, v2, w = (torch.randn(B, 3, 16, 16) for _ in range(3))
+    lent = _keys(B, 3, dim=16) if cls is MoCo else None
+    terms = [model.reco(model, v1, v2, w, negatives=lent) for _ in range(2)]
+    # batch negatives score from the first call; a queue of its own is empty until then
+    assert terms[0].local_skipped == (used == "queue" and cls is not MoCo)
+    assert not terms[1].local_skipped
+
+
+def test_an_unknown_owner_negatives_is_named():
+    with pytest.raises(ConfigError, match="the owner's negatives must be one of"):
+        ReCo({"bank_size": 16}, embedding_dim=8, owner=nn.Linear(2, 2), negatives="bank")
+
+
 def test_an_unknown_mix_is_named():
     with pytest.raises(
         ConfigError,
@@ -629,6 +665,29 @@ def test_warmup_weights_follow_the_schedule():
     assert model.reco.weights(TrainingProgress()) == (2.0, 0.5)  # no Trainer: full weights
     no_warmup = WithTarget({"bank_size": 16, "w_global": 2.0, "warmup_epochs": 0})
     assert no_warmup.reco.weights(TrainingProgress(0, 100, 10)) == (2.0, 1.0)
+
+
+class NoWarmupSimCLR(SimCLR):
+    """A method whose own choice is no warm-up (as a validation choice would set it)."""
+
+    reco_warmup_epochs = 0.0
+
+
+@pytest.mark.parametrize(
+    "cls, setting, full_from_step",
+    [
+        (SimCLR, None, 20),  # the built-in methods' warm-up: 2 epochs of 10 steps
+        (MoCo, None, 20),
+        (NoWarmupSimCLR, None, 0),
+        (NoWarmupSimCLR, 1.0, 10),  # a user's setting overrides the method's
+        (SimCLR, 0.0, 0),
+    ],
+)
+def test_warmup_null_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, full_from_step):
+    model = _method(cls, {"warmup_epochs": setting})
+    scales = [model.reco.weights(TrainingProgress(step, 100, 10))[0] for step in range(25)]
+    first_full = scales.index(1.0)
+    assert first_full == full_from_step and all(s < 1.0 for s in scales[:first_full])
 
 
 def test_training_progress_counts_optimizer_steps_per_epoch():

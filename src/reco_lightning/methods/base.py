@@ -69,6 +69,11 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
     #: how ReCo's terms weigh against the method loss under ``reco.scale=auto``: ``absolute``
     #: suits a method loss of order 1-10, ``relative`` one far from it (see ReCoConfig)
     reco_scale: str = "absolute"
+    #: where ReCo's local term takes its negatives under ``reco.negatives=auto``: ``queue``
+    #: (MoCo lends its own) or ``batch`` (this global batch's other teacher keys)
+    reco_negatives: str = "queue"
+    #: epochs over which ReCo's weights rise from 0 under ``reco.warmup_epochs=null``
+    reco_warmup_epochs: float = 2.0
 
     def __init__(
         self,
@@ -117,7 +122,8 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
         """ReCo's module, or None when ReCo is off; call it last in ``__init__``, when the
         networks ReCo's EMA teacher may copy exist. ``options`` go to
         :class:`~reco_lightning.reco.ReCo`; the defaults are the method's temperature,
-        momentum schedule, mixing, scale and trained children (all but the probe)."""
+        momentum schedule, mixing, scale, negatives, warm-up and trained children (all but the
+        probe)."""
         if self.reco_config is None:
             return None
         defaults = {
@@ -126,6 +132,8 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
             "momentum_schedule": self.momentum_schedule,
             "mix": self.reco_mix,
             "scale": self.reco_scale,
+            "negatives": self.reco_negatives,
+            "warmup_epochs": self.reco_warmup_epochs,
         }
         return ReCo(self.reco_config, embedding_dim, self, **{**defaults, **options})
 

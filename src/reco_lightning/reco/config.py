@@ -12,7 +12,7 @@ from ..errors import ConfigError, fraction, positive
 from .mixing import MIX_MODES
 
 #: where the local term's negatives come from
-NEGATIVES = ("queue", "batch")
+NEGATIVES = ("queue", "batch")  # and "auto": the method's
 #: which network is ReCo's teacher (see ReCoConfig)
 TEACHERS = ("auto", "ema", "online")
 #: what the weights multiply (see ReCoConfig)
@@ -25,7 +25,9 @@ class ReCoConfig:
 
     * ``tau_local=None``: the method's own temperature (0.2 for BYOL, which has none).
     * ``negatives``: ``queue`` (a FIFO of earlier teacher keys, ``negatives_size`` long;
-      MoCo lends its own) or ``batch`` (the other teacher keys of this global batch).
+      MoCo lends its own), ``batch`` (the other teacher keys of this global batch), or
+      ``auto`` (the default), the method's choice (``ReCo(..., negatives=)``): ``queue``
+      unless a method's validation chose otherwise (docs/benchmarks.md).
     * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's momentum
       target if it has one (``target_embedding``), else ReCo's own EMA copy of the online
       network; ``ema`` always the copy (``teacher_momentum``, on the method's schedule);
@@ -33,7 +35,9 @@ class ReCoConfig:
       docs/benchmarks.md).
     * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
-    * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs.
+    * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs; ``None``
+      (the default), the method's (``ReCo(..., warmup_epochs=)``: 2 for every built-in
+      method unless its validation chose otherwise, docs/benchmarks.md).
     * ``scale``: ``auto`` (the default) takes the method's choice (``ReCo(..., scale=)``):
       ``absolute`` for the built-in InfoNCE and BYOL-like methods and for user modules,
       ``relative`` for Barlow Twins. ``absolute`` adds ``w * term``, which assumes a method
@@ -57,10 +61,10 @@ class ReCoConfig:
     mix: str = "auto"
     bank_size: int = 16384
     negatives_size: int = 16384
-    negatives: str = "queue"
+    negatives: str = "auto"
     teacher: str = "auto"
     teacher_momentum: float = 0.99
-    warmup_epochs: float = 2.0
+    warmup_epochs: float | None = None
     scale: str = "auto"
 
     def __post_init__(self) -> None:
@@ -79,7 +83,7 @@ class ReCoConfig:
                     f"reco.{name}={getattr(self, name)} must be a positive number of embeddings"
                 )
         for name, choices in (
-            ("negatives", NEGATIVES),
+            ("negatives", ["auto", *NEGATIVES]),
             ("teacher", TEACHERS),
             ("mix", ["auto", *MIX_MODES]),
             ("scale", ["auto", *SCALES]),
@@ -89,7 +93,7 @@ class ReCoConfig:
                     f"reco.{name}={getattr(self, name)!r} is unknown: choose one of {list(choices)}"
                 )
         fraction("reco.teacher_momentum", self.teacher_momentum)
-        if self.warmup_epochs < 0:
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
             raise ConfigError(
                 f"reco.warmup_epochs={self.warmup_epochs} must be >= 0 (0 = full weights from the "
                 "start)"

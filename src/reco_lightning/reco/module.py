@@ -28,7 +28,7 @@ from ..models.modules import embedding_children, trainable_children
 from ..models.queue import FeatureQueue
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
-from .config import SCALES, ReCoConfig
+from .config import NEGATIVES, SCALES, ReCoConfig
 from .mixing import MIX_MODES, mix_views
 from .teacher import EMATeacher
 
@@ -121,6 +121,10 @@ class ReCo(nn.Module):
         mix: the owner's choice of mixing (``cutmix`` or ``mixup``) for ``reco.mix=auto``.
         scale: the owner's choice of weighting (``absolute`` or ``relative``) for
             ``reco.scale=auto``: ``relative`` for a method loss far from order 1-10.
+        negatives: the owner's choice of the local term's negatives (``queue`` or
+            ``batch``) for ``reco.negatives=auto``.
+        warmup_epochs: the owner's warm-up of both weights, in epochs, for
+            ``reco.warmup_epochs=null``.
     """
 
     def __init__(
@@ -134,6 +138,8 @@ class ReCo(nn.Module):
         momentum_schedule: str = "constant",
         mix: str = "cutmix",
         scale: str = "absolute",
+        negatives: str = "queue",
+        warmup_epochs: float = 2.0,
     ) -> None:
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
@@ -153,11 +159,24 @@ class ReCo(nn.Module):
             raise ConfigError(
                 f"ReCo(scale={scale!r}): the owner's weighting must be one of {list(SCALES)}"
             )
+        self.negatives_kind = checked.negatives if checked.negatives != "auto" else negatives
+        if self.negatives_kind not in NEGATIVES:
+            raise ConfigError(
+                f"ReCo(negatives={negatives!r}): the owner's negatives must be one of "
+                f"{list(NEGATIVES)}"
+            )
+        self.warmup_epochs = (
+            checked.warmup_epochs if checked.warmup_epochs is not None else warmup_epochs
+        )
+        if self.warmup_epochs < 0:
+            raise ConfigError(
+                f"ReCo(warmup_epochs={warmup_epochs!r}): the owner's warm-up must be >= 0"
+            )
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
-        self.borrows_negatives = borrows_negatives and checked.negatives == "queue"
+        self.borrows_negatives = borrows_negatives and self.negatives_kind == "queue"
         self.negatives: FeatureQueue | None = None
-        if checked.negatives == "queue" and not borrows_negatives:
+        if self.negatives_kind == "queue" and not borrows_negatives:
             self.negatives = FeatureQueue(
                 checked.negatives_size, embedding_dim, name="reco.negatives_size"
             )
@@ -210,7 +229,7 @@ class ReCo(nn.Module):
     def weights(self, progress: TrainingProgress) -> tuple[float, float]:
         """``(w_global, w_local)``, raised linearly from 0 over ``reco.warmup_epochs``."""
         config = self.config
-        warmup_steps = config.warmup_epochs * progress.steps_per_epoch
+        warmup_steps = self.warmup_epochs * progress.steps_per_epoch
         if progress.step is None or warmup_steps <= 0:
             return config.w_global, config.w_local
         scale = min(progress.step / warmup_steps, 1.0)
@@ -325,7 +344,7 @@ class ReCo(nn.Module):
         """The local term's negatives and, for batch negatives, a function of the mixing
         permutation that gives the columns to leave out; ``(None, None)`` while a queue
         holds fewer written rows than one global batch."""
-        if self.config.negatives == "batch":
+        if self.negatives_kind == "batch":
             keys = gather_without_grad(k2)
             offset = rank() * k2.shape[0]
 
@@ -352,6 +371,6 @@ class ReCo(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"teacher={self.teacher_kind}, negatives={self.config.negatives}, mix={self.mix}, "
+            f"teacher={self.teacher_kind}, negatives={self.negatives_kind}, mix={self.mix}, "
             f"tau_local={self.tau_local}, scale={self.scale}"
         )
