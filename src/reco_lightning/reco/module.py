@@ -85,6 +85,19 @@ class ReCoTerms:
         }
 
 
+def _owners_choice(
+    name: str, configured: str, owners: str, choices: Sequence[str], what: str
+) -> str:
+    """``reco.<name>``, or the owner's choice ``owners`` where it is ``auto``; an owner's
+    choice outside ``choices`` is named (the config's own values are checked already)."""
+    chosen = configured if configured != "auto" else owners
+    if chosen not in choices:
+        raise ConfigError(
+            f"ReCo({name}={owners!r}): the owner's {what} must be one of {list(choices)}"
+        )
+    return chosen
+
+
 class ReCo(nn.Module):
     """ReCo's relation bank, negatives, teacher, mixing and both terms, in one module.
 
@@ -149,22 +162,11 @@ class ReCo(nn.Module):
             )
         self.config = checked
         self.tau_local = checked.tau_local if checked.tau_local is not None else temperature
-        self.mix = checked.mix if checked.mix != "auto" else mix
-        if self.mix not in MIX_MODES:
-            raise ConfigError(
-                f"ReCo(mix={mix!r}): the owner's mixing must be one of {list(MIX_MODES)}"
-            )
-        self.scale = checked.scale if checked.scale != "auto" else scale
-        if self.scale not in SCALES:
-            raise ConfigError(
-                f"ReCo(scale={scale!r}): the owner's weighting must be one of {list(SCALES)}"
-            )
-        self.negatives_kind = checked.negatives if checked.negatives != "auto" else negatives
-        if self.negatives_kind not in NEGATIVES:
-            raise ConfigError(
-                f"ReCo(negatives={negatives!r}): the owner's negatives must be one of "
-                f"{list(NEGATIVES)}"
-            )
+        self.mix = _owners_choice("mix", checked.mix, mix, MIX_MODES, "mixing")
+        self.scale = _owners_choice("scale", checked.scale, scale, SCALES, "weighting")
+        self.negatives_kind = _owners_choice(
+            "negatives", checked.negatives, negatives, NEGATIVES, "negatives"
+        )
         self.warmup_epochs = (
             checked.warmup_epochs if checked.warmup_epochs is not None else warmup_epochs
         )
