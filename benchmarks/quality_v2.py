@@ -366,14 +366,20 @@ if reco.get("negatives") == "auto":
     reco["negatives"] = getattr(METHODS[method], "reco_negatives", "queue")
 if reco.get("warmup_epochs") is None:
     reco["warmup_epochs"] = getattr(METHODS[method], "reco_warmup_epochs", 2.0)
+for key, weight in zip(("w_global", "w_local"), getattr(METHODS[method], "reco_weights", (1, 1))):
+    if reco.get(key) is None:
+        reco[key] = float(weight)
+if reco.get("teacher") == "auto":
+    reco["teacher"] = getattr(METHODS[method], "reco_teacher", "auto")
 print(json.dumps(reco))
 """
 
 
 def resolved_reco(cell: Cell, data_root: str, tree: Path | None = None) -> dict[str, Any] | None:
     """The ReCo settings ``cell`` trains with under the code of ``tree`` (None: the installed
-    package), resolved as the CLI composes them, ``mix``, ``scale`` and ``negatives`` ``auto`` and
-    ``warmup_epochs`` null made the method's choices; None when ReCo is off."""
+    package), resolved as the CLI composes them: ``mix``, ``scale``, ``negatives`` and ``teacher``
+    ``auto`` and ``warmup_epochs``, ``w_global`` and ``w_local`` null made the method's
+    choices; None when ReCo is off."""
     if not cell.reco:
         return None
     command = [sys.executable, "-c", _RESOLVE, cell.method, json.dumps(cell.arguments(data_root))]

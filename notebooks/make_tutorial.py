@@ -260,17 +260,17 @@ The settings, passed as a dict (or a `ReCoConfig`) to `ReCo`:
 
 | setting | default | meaning |
 | --- | --- | --- |
-| `w_global`, `w_local` | 1.0, 1.0 | weights of the two terms in `weighted` |
+| `w_global`, `w_local` | `None` | weights of the two terms in `weighted`; `None` takes `ReCo(..., weights=)`, (1.0, 1.0) unless given (a built-in method passes its `reco_weights`) |
 | `tau_student`, `tau_teacher` | 0.1, 0.04 | temperatures of the strong (student) and weak (teacher) distributions of the global term |
 | `tau_local` | `None` | the local term's temperature; `None` uses the `temperature` given to `ReCo` (0.2) |
 | `alpha` | 1.0 | `lam ~ Beta(alpha, alpha)`, the mixing ratio |
-| `mix` | `"cutmix"` | or `"mixup"` |
+| `mix` | `"auto"` | `"cutmix"` or `"mixup"`; `"auto"` takes `ReCo(..., mix=)`, CutMix unless given |
 | `bank_size` | 16384 | relation bank: target embeddings of weak views |
 | `negatives_size` | 16384 | the local term's negatives, when the method lends no queue of its own |
-| `negatives` | `"queue"` | `"queue"` or `"batch"`: the local term's negatives are earlier teacher keys, or this batch's |
-| `teacher` | `"auto"` | `"auto"` (the module's `target_embedding` if it has one, else ReCo's EMA copy), `"ema"`, `"online"` |
+| `negatives` | `"auto"` | `"queue"` or `"batch"`: the local term's negatives are earlier teacher keys, or this batch's; `"auto"` takes `ReCo(..., negatives=)`, the queue unless given |
+| `teacher` | `"auto"` | `"auto"` (`ReCo(..., teacher=)`, else the module's `target_embedding` if it has one, else ReCo's EMA copy), `"ema"`, `"online"` |
 | `teacher_momentum` | 0.99 | momentum of ReCo's own EMA teacher |
-| `warmup_epochs` | 2 | both weights rise linearly from 0 over this many epochs (without it ReCo cost SimCLR 5.5 kNN points on CIFAR-10) |
+| `warmup_epochs` | `None` | both weights rise linearly from 0 over this many epochs; `None` takes `ReCo(..., warmup_epochs=)`, 2 unless given (chosen by a pilot on CIFAR-10's test images; docs/benchmarks.md, "How the defaults were chosen") |
 
 Unknown keys are rejected with a message listing the valid ones. The built-in `MoCo`,
 `SimCLR` and `BYOL` in `reco_lightning.methods` hold the same `ReCo` module and are worth

@@ -44,15 +44,20 @@ def test_method_presets_set_their_own_optimizer_and_the_command_line_wins(compos
 
 
 def test_reco_defaults_follow_reco_md(compose_config):
+    from reco_lightning.methods import METHODS
+
     reco = compose_config("+method=moco", "+reco=on").reco
-    assert (reco.w_global, reco.w_local) == (1.0, 1.0)
+    assert (reco.w_global, reco.w_local) == (None, None)  # null: the method's weights
+    assert {name: cls.reco_weights for name, cls in METHODS.items()} == {
+        name: (1.0, 1.0) for name in METHODS
+    }
     assert (reco.tau_student, reco.tau_teacher, reco.alpha, reco.mix) == (0.1, 0.04, 1.0, "auto")
 
 
 def test_reco_off_and_absent_mean_the_same_run(compose_config):
     assert reco_settings(compose_config("+method=moco")) is None
     assert reco_settings(compose_config("+method=moco", "+reco=off")) is None
-    assert reco_settings(compose_config("+method=moco", "+reco=on")).w_global == 1.0
+    assert reco_settings(compose_config("+method=moco", "+reco=on")).tau_student == 0.1
 
 
 def test_missing_method_lists_the_choices(compose_config):

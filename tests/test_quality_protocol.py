@@ -3,6 +3,7 @@ cell with ReCo on runs only with the settings committed validation cells chose."
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -60,6 +61,29 @@ def test_a_test_cell_is_refused_when_validation_chose_another_setting():
         q.CellRefused, match=r"negatives='queue' against 'batch'.*'negatives-batch'"
     ):
         q.check_test_cell(q.Cell("test-moco-on-s0", "moco", True, 0), DATA, results)
+
+
+@pytest.mark.parametrize(
+    "setting, attribute, value, differing",
+    [
+        ("global-only", "reco_weights", (1.0, 0.0), "w_local=1.0 against 0.0"),
+        ("teacher-online", "reco_teacher", "online", "teacher='auto' against 'online'"),
+        ("warmup-0", "reco_warmup_epochs", 0.0, "warmup_epochs=2.0 against 0.0"),
+    ],
+)
+def test_a_choice_made_the_methods_class_attribute_clears_its_test_cells(
+    monkeypatch, setting, attribute, value, differing
+):
+    """Validation's winner becomes the method's own default (a class attribute): then, and
+    only then, the test cell trains with what validation chose."""
+    from reco_lightning.methods import METHODS
+
+    results = _results("simclr", {"default": (0.5, 0.5), setting: (0.6, 0.6)})
+    cell = q.Cell("test-simclr-on-s0", "simclr", True, 0)
+    with pytest.raises(q.CellRefused, match=re.escape(differing)):
+        q.check_test_cell(cell, DATA, results)
+    monkeypatch.setattr(METHODS["simclr"], attribute, value)
+    q.check_test_cell(cell, DATA, results)  # no refusal
 
 
 def test_a_test_cell_is_refused_before_validation_is_complete_or_committed(monkeypatch):

@@ -390,8 +390,8 @@ def test_from_mapping_defaults_and_off():
     config = ReCoConfig.from_mapping({"enabled": True})
     assert config == ReCoConfig()
     assert (config.w_global, config.w_local, config.tau_student, config.tau_teacher) == (
-        1.0,
-        1.0,
+        None,  # the owner's weights: ReCo(..., weights=), (1, 1) unless it says otherwise
+        None,
         0.1,
         0.04,
     )

@@ -690,6 +690,70 @@ def test_warmup_null_is_the_methods_choice_and_a_setting_overrides_it(cls, setti
     assert first_full == full_from_step and all(s < 1.0 for s in scales[:first_full])
 
 
+class GlobalOnlySimCLR(SimCLR):
+    """A method whose own weights drop the local term (as a validation choice would set it)."""
+
+    reco_weights = (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "cls, setting, weights",
+    [
+        (SimCLR, {}, (1.0, 1.0)),  # every built-in method's: RECO.md's
+        (GlobalOnlySimCLR, {}, (1.0, 0.0)),
+        (GlobalOnlySimCLR, {"w_local": 0.5}, (1.0, 0.5)),  # a user's setting overrides it
+        (SimCLR, {"w_global": 2.0, "w_local": None}, (2.0, 1.0)),
+    ],
+)
+def test_null_weights_are_the_methods_and_a_setting_overrides_them(cls, setting, weights):
+    model = _method(cls, {"warmup_epochs": 0, **setting})
+    assert model.reco.weights(TrainingProgress(5, 100, 10)) == weights
+    v1, v2, w = (torch.randn(B, 3, 16, 16) for _ in range(3))
+    terms = [model.reco(model, v1, v2, w, progress=TrainingProgress(s, 100, 10)) for s in (0, 1)]
+    # a weight of 0 computes no term; both are scored once the banks hold a batch
+    assert (terms[1].global_ is None, terms[1].local is None) == (False, weights[1] == 0)
+    assert (terms[1].w_global, terms[1].w_local) == weights
+
+
+class OnlineTeacherSimCLR(SimCLR):
+    """A method whose own teacher is the online network (as a validation choice would set)."""
+
+    reco_teacher = "online"
+
+
+@pytest.mark.parametrize(
+    "cls, setting, kind",
+    [
+        (SimCLR, "auto", "ema"),  # no target network: ReCo's EMA copy
+        (MoCo, "auto", "target"),
+        (OnlineTeacherSimCLR, "auto", "online"),
+        (OnlineTeacherSimCLR, "ema", "ema"),  # a user's setting overrides the method's
+    ],
+)
+def test_teacher_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, kind):
+    model = _method(cls, {"teacher": setting})
+    assert model.reco.teacher_kind == kind
+    assert (model.reco.teacher is not None) == (kind == "ema")
+    if kind == "online":  # the targets are the online network's own embeddings
+        images = torch.randn(B, 3, 16, 16)
+        with torch.no_grad():
+            expected = model.online_embedding(images)
+        assert torch.allclose(model.reco.teacher_embedding(model, images), expected)
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        ({"weights": (1.0, -1.0)}, "the owner's weights must be two numbers >= 0"),
+        ({"weights": (1.0,)}, "the owner's weights must be two numbers >= 0"),
+        ({"teacher": "target"}, "the owner's teacher must be one of"),
+    ],
+)
+def test_an_owners_bad_weights_or_teacher_is_named(options, named):
+    with pytest.raises(ConfigError, match=named):
+        ReCo({"bank_size": 16}, embedding_dim=8, owner=nn.Linear(2, 2), **options)
+
+
 def test_training_progress_counts_optimizer_steps_per_epoch():
     """20 micro-batches an epoch, accumulate 2: 10 optimizer steps an epoch."""
     trainer = SimpleNamespace(

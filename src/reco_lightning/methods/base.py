@@ -74,6 +74,11 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
     reco_negatives: str = "queue"
     #: epochs over which ReCo's weights rise from 0 under ``reco.warmup_epochs=null``
     reco_warmup_epochs: float = 2.0
+    #: ReCo's ``(w_global, w_local)`` where ``reco.w_global`` / ``reco.w_local`` are null
+    reco_weights: tuple[float, float] = (1.0, 1.0)
+    #: ReCo's teacher under ``reco.teacher=auto``: ``auto`` (the momentum target if the
+    #: method has one, else ReCo's EMA copy), ``ema`` or ``online``
+    reco_teacher: str = "auto"
 
     def __init__(
         self,
@@ -122,8 +127,8 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
         """ReCo's module, or None when ReCo is off; call it last in ``__init__``, when the
         networks ReCo's EMA teacher may copy exist. ``options`` go to
         :class:`~reco_lightning.reco.ReCo`; the defaults are the method's temperature,
-        momentum schedule, mixing, scale, negatives, warm-up and trained children (all but the
-        probe)."""
+        momentum schedule, mixing, scale, negatives, warm-up, weights, teacher and trained
+        children (all but the probe)."""
         if self.reco_config is None:
             return None
         defaults = {
@@ -134,6 +139,8 @@ class SSLMethod(CheckpointIdentity, MomentumTargets, ReCoMixin):
             "scale": self.reco_scale,
             "negatives": self.reco_negatives,
             "warmup_epochs": self.reco_warmup_epochs,
+            "weights": self.reco_weights,
+            "teacher": self.reco_teacher,
         }
         return ReCo(self.reco_config, embedding_dim, self, **{**defaults, **options})
 

@@ -23,12 +23,16 @@ SCALES = ("absolute", "relative")  # and "auto": the method's
 class ReCoConfig:
     """Weights, temperatures and bank sizes of the two relation terms.
 
+    * ``w_global``, ``w_local``: each term's weight; ``None`` (the default), the method's
+      (``ReCo(..., weights=)``: 1 and 1 for every built-in method unless its validation
+      chose otherwise, docs/benchmarks.md).
     * ``tau_local=None``: the method's own temperature (0.2 for BYOL, which has none).
     * ``negatives``: ``queue`` (a FIFO of earlier teacher keys, ``negatives_size`` long;
       MoCo lends its own), ``batch`` (the other teacher keys of this global batch), or
       ``auto`` (the default), the method's choice (``ReCo(..., negatives=)``): ``queue``
       unless a method's validation chose otherwise (docs/benchmarks.md).
-    * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's momentum
+    * ``teacher``: whose embeddings are the targets. ``auto`` takes the method's choice
+      (``ReCo(..., teacher=)``), which is ``auto`` for every built-in method: its momentum
       target if it has one (``target_embedding``), else ReCo's own EMA copy of the online
       network; ``ema`` always the copy (``teacher_momentum``, on the method's schedule);
       ``online`` the online network under ``no_grad`` (an ablation, see
@@ -52,8 +56,8 @@ class ReCoConfig:
     'auto'
     """
 
-    w_global: float = 1.0
-    w_local: float = 1.0
+    w_global: float | None = None
+    w_local: float | None = None
     tau_student: float = 0.1
     tau_teacher: float = 0.04
     tau_local: float | None = None
@@ -75,7 +79,7 @@ class ReCoConfig:
                 f"reco.tau_local={self.tau_local} must be positive (or null for the method's)"
             )
         for name in ("w_global", "w_local"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"reco.{name}={getattr(self, name)} must be >= 0")
         for name in ("bank_size", "negatives_size"):
             if getattr(self, name) <= 0:

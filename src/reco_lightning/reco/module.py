@@ -28,7 +28,7 @@ from ..models.modules import embedding_children, trainable_children
 from ..models.queue import FeatureQueue
 from ..utils.distributed import gather_without_grad, rank
 from ..utils.momentum import scheduled_momentum
-from .config import NEGATIVES, SCALES, ReCoConfig
+from .config import NEGATIVES, SCALES, TEACHERS, ReCoConfig
 from .mixing import MIX_MODES, mix_views
 from .teacher import EMATeacher
 
@@ -138,6 +138,11 @@ class ReCo(nn.Module):
             ``batch``) for ``reco.negatives=auto``.
         warmup_epochs: the owner's warm-up of both weights, in epochs, for
             ``reco.warmup_epochs=null``.
+        weights: the owner's ``(w_global, w_local)`` for ``reco.w_global`` and
+            ``reco.w_local`` left null.
+        teacher: the owner's choice of teacher (``auto``, ``ema`` or ``online``) for
+            ``reco.teacher=auto``; ``auto`` is the momentum target if the owner has one,
+            else ReCo's EMA copy.
     """
 
     def __init__(
@@ -153,6 +158,8 @@ class ReCo(nn.Module):
         scale: str = "absolute",
         negatives: str = "queue",
         warmup_epochs: float = 2.0,
+        weights: tuple[float, float] = (1.0, 1.0),
+        teacher: str = "auto",
     ) -> None:
         super().__init__()
         checked = ReCoConfig.from_mapping(config)
@@ -174,6 +181,14 @@ class ReCo(nn.Module):
             raise ConfigError(
                 f"ReCo(warmup_epochs={warmup_epochs!r}): the owner's warm-up must be >= 0"
             )
+        if len(weights) != 2 or any(not w >= 0 for w in weights):
+            raise ConfigError(
+                f"ReCo(weights={weights!r}): the owner's weights must be two numbers >= 0, "
+                "(w_global, w_local)"
+            )
+        #: the weights in effect after the warm-up: ``reco.w_*``, or the owner's where null
+        self.w_global = checked.w_global if checked.w_global is not None else float(weights[0])
+        self.w_local = checked.w_local if checked.w_local is not None else float(weights[1])
         self.momentum_schedule = momentum_schedule
         self.bank = FeatureQueue(checked.bank_size, embedding_dim, name="reco.bank_size")
         self.borrows_negatives = borrows_negatives and self.negatives_kind == "queue"
@@ -182,7 +197,8 @@ class ReCo(nn.Module):
             self.negatives = FeatureQueue(
                 checked.negatives_size, embedding_dim, name="reco.negatives_size"
             )
-        self.teacher_kind = self._resolve_teacher(checked.teacher, owner)
+        chosen_teacher = _owners_choice("teacher", checked.teacher, teacher, TEACHERS, "teacher")
+        self.teacher_kind = self._resolve_teacher(chosen_teacher, owner)
         self.teacher: EMATeacher | None = None
         if self.teacher_kind == "ema":
             names = list(teacher_modules) if teacher_modules else self._embedding_modules(owner)
@@ -229,13 +245,12 @@ class ReCo(nn.Module):
 
     # -- schedules ---------------------------------------------------------------------------
     def weights(self, progress: TrainingProgress) -> tuple[float, float]:
-        """``(w_global, w_local)``, raised linearly from 0 over ``reco.warmup_epochs``."""
-        config = self.config
+        """``(w_global, w_local)``, raised linearly from 0 over the warm-up."""
         warmup_steps = self.warmup_epochs * progress.steps_per_epoch
         if progress.step is None or warmup_steps <= 0:
-            return config.w_global, config.w_local
+            return self.w_global, self.w_local
         scale = min(progress.step / warmup_steps, 1.0)
-        return config.w_global * scale, config.w_local * scale
+        return self.w_global * scale, self.w_local * scale
 
     def teacher_momentum(self, progress: TrainingProgress) -> float:
         """The momentum of ReCo's own teacher at ``progress``, on the owner's schedule."""
