@@ -480,8 +480,9 @@ def check_test_cell(
                 f"{k}={(ours or {}).get(k)!r} against {(choice.reco or {}).get(k)!r}"
                 for k in differ
             )
-            + f"); validation chose {cell.method}'s '{choice.best}': "
-            "make it the shipped default and commit it"
+            + f"); validation chose {cell.method}'s '{choice.best}': make it the shipped "
+            f"default in the method's class ({'; '.join(class_attributes(ours, choice.reco))}) "
+            "and commit it"
         )
 
 
@@ -799,14 +800,51 @@ def report_long_and_32px(results: dict[str, dict]) -> None:
             )
 
 
+#: the class attribute of a method that holds its own value of each ReCo setting
+CLASS_ATTRIBUTE = {
+    "mix": "reco_mix",
+    "scale": "reco_scale",
+    "negatives": "reco_negatives",
+    "teacher": "reco_teacher",
+    "warmup_epochs": "reco_warmup_epochs",
+}
+
+
+def class_attributes(ours: dict[str, Any] | None, chosen: dict[str, Any] | None) -> list[str]:
+    """What to write in the method's class so that the settings ``ours`` (the shipped
+    defaults, resolved) become ``chosen``: ``reco_negatives = 'batch'``, say."""
+    ours, chosen = ours or {}, chosen or {}
+    lines = [
+        f"{attribute} = {chosen[key]!r}"
+        for key, attribute in CLASS_ATTRIBUTE.items()
+        if ours.get(key) != chosen.get(key)
+    ]
+    weights = ("w_global", "w_local")
+    if any(ours.get(key) != chosen.get(key) for key in weights):
+        lines.append(f"reco_weights = {tuple(float(chosen[key]) for key in weights)!r}")
+    other = sorted(
+        key
+        for key in set(ours) | set(chosen)
+        if key not in CLASS_ATTRIBUTE and key not in weights and ours.get(key) != chosen.get(key)
+    )
+    return lines + [
+        f"reco.{key}: {ours.get(key)!r} -> {chosen.get(key)!r} (no attribute)" for key in other
+    ]
+
+
 def report_choices(results: dict[str, dict]) -> None:
     for method in METHODS:
         choice = validation_choice(method, results)
         state = (
-            f"{len(choice.missing)} of {len(val_cells(method))} validation cells missing"
+            f"{len(choice.missing)} of {len(val_cells(method))} validation cells missing, "
+            f"leading: '{choice.best}'"
             if choice.missing
             else f"chosen: '{choice.best}'"
         )
+        default = results.get(f"val-{method}-default-s0")
+        if choice.best is not None and default is not None:
+            change = class_attributes(default["reco_config"], choice.reco)
+            state += f" (as its default: {'; '.join(change) or 'nothing to change'})"
         ranked = ", ".join(
             f"{name} {pct(value)}"
             for name, value in sorted(choice.means.items(), key=lambda item: -item[1])

@@ -80,8 +80,9 @@ def test_a_choice_made_the_methods_class_attribute_clears_its_test_cells(
 
     results = _results("simclr", {"default": (0.5, 0.5), setting: (0.6, 0.6)})
     cell = q.Cell("test-simclr-on-s0", "simclr", True, 0)
-    with pytest.raises(q.CellRefused, match=re.escape(differing)):
+    with pytest.raises(q.CellRefused, match=re.escape(differing)) as refused:
         q.check_test_cell(cell, DATA, results)
+    assert re.search(rf"{attribute} = {re.escape(repr(value))}", str(refused.value))
     monkeypatch.setattr(METHODS["simclr"], attribute, value)
     q.check_test_cell(cell, DATA, results)  # no refusal
 
