@@ -5,6 +5,7 @@
     # the quality protocol
     OMP_NUM_THREADS=1 python benchmarks/step_cost.py --threads 1 --width 16 --image-size 16 \
         --batch-size 256 --precision bf16 --rounds 5 --data ../shared/data/cifar10
+    python benchmarks/step_cost.py --methods simclr --reco negatives=batch  # a ReCo setting
 
 Without ``--data``, model work only: the batches are made once, up front. With ``--data
 ROOT`` (an image folder), the whole step: the next batch from the protocol's loader (PNG
@@ -24,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
+import yaml
 
 from reco_lightning import BYOL, MoCo, SimCLR
 from reco_lightning.data import SSLDataModule
@@ -47,7 +49,7 @@ def build(name: str, reco: bool, args: argparse.Namespace) -> torch.nn.Module:
         backbone=args.backbone,
         backbone_width=args.width,
         small_stem=args.image_size <= 64,
-        reco={"bank_size": queue, "negatives_size": queue} if reco else None,
+        reco={"bank_size": queue, "negatives_size": queue, **args.reco} if reco else None,
         **extra,
     )
     return model.to(args.device)
@@ -104,6 +106,14 @@ def time_steps(
     return times
 
 
+def reco_setting(item: str) -> tuple[str, object]:
+    """``negatives=batch`` -> ("negatives", "batch"); numbers and null as YAML reads them."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--reco {item!r}: write KEY=VALUE, e.g. --reco negatives=batch")
+    return key, yaml.safe_load(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -131,7 +141,16 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument(
+        "--reco",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ReCo settings other than the method's defaults, as reco.KEY=VALUE on the CLI: "
+        "--reco negatives=batch",
+    )
     args = parser.parse_args()
+    args.reco = dict(reco_setting(item) for item in args.reco)
     warnings.filterwarnings("ignore")  # self.log() without a Trainer
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,6 +167,7 @@ def main() -> None:
         f"# step cost ({work}): {args.backbone} width {args.width}, batch {args.batch_size}, "
         f"{args.image_size} px, {args.device}, {args.precision}, "
         f"{torch.get_num_threads()} threads, {args.rounds} rounds of {args.steps} steps"
+        + (f", ReCo {args.reco}" if args.reco else "")
     )
     print(
         "| method | ReCo off (ms/step) | ReCo on (ms/step) | ratio on/off | compute floor | "
