@@ -677,7 +677,8 @@ class NoWarmupSimCLR(SimCLR):
     "cls, setting, full_from_step",
     [
         (SimCLR, None, 20),  # the built-in methods' warm-up: 2 epochs of 10 steps
-        (MoCo, None, 20),
+        (MoCo, None, 0),  # MoCo's validation chose none
+        (MoCo, 2.0, 20),
         (NoWarmupSimCLR, None, 0),
         (NoWarmupSimCLR, 1.0, 10),  # a user's setting overrides the method's
         (SimCLR, 0.0, 0),
