@@ -38,7 +38,7 @@ def test_a_three_trial_optuna_sweep_ends_and_reports_the_best(tmp_path):
             "+reco=on",
             "hydra/sweeper=reco_optuna",
             "hydra.sweeper.n_trials=3",
-            "reco.w_local=interval(0.5,1.5)",  # the README's way to narrow one range
+            "reco.w_local=interval(1.8,1.9)",  # the README's way to narrow one range
             f"hydra.sweep.dir={tmp_path}",
             *TINY_RUN,
         ],
@@ -56,7 +56,8 @@ def test_a_three_trial_optuna_sweep_ends_and_reports_the_best(tmp_path):
         yaml.safe_load((tmp_path / t / "summary.json").read_text())["knn_acc"] for t in trials
     ]
     assert results["best_value"] == pytest.approx(max(accuracies))
-    # every trial drew reco.w_local from the command line's range, not the preset's (0, 2)
+    # every trial drew reco.w_local from the command line's range, not the preset's (0, 2):
+    # by chance from (0, 2), three draws land there with probability 0.05 ** 3
     for t in trials:
         config = yaml.safe_load((tmp_path / t / ".hydra" / "config.yaml").read_text())
-        assert 0.5 <= config["reco"]["w_local"] <= 1.5, (t, config["reco"]["w_local"])
+        assert 1.8 <= config["reco"]["w_local"] <= 1.9, (t, config["reco"]["w_local"])
