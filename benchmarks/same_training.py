@@ -12,6 +12,11 @@ in between, to a relative ``1e-6`` (float32 sums in another order):
 
     python benchmarks/same_training.py 960070b3 HEAD
     python benchmarks/same_training.py 960070b3 HEAD --overrides reco.scale=relative
+    python benchmarks/same_training.py 960070b3 HEAD --methods moco \
+        --first-overrides reco.warmup_epochs=0
+
+The last form is the check a test cell rests on: the first commit with a validation cell's
+overrides must train what the second trains with none, its shipped default.
 
 Both commits run from trees unpacked as the protocol's cells are (``benchmark_runs/code/``),
 one thread each, on the validation split's folder (``quality.trainval_root``). Exit status 1
@@ -68,6 +73,7 @@ def train_short(commit: str, method: str, overrides: list[str], out: Path) -> Pa
         *SHORT,
         f"hydra.run.dir={run_dir}",
     ]
+    out.mkdir(parents=True, exist_ok=True)
     with open(out / f"{commit[:10]}-{method}.log", "w") as log:
         subprocess.run(
             command,
@@ -117,13 +123,21 @@ def main() -> int:
     parser.add_argument("second", help="a commit (e.g. HEAD)")
     parser.add_argument("--methods", nargs="+", default=list(quality_v2.METHODS))
     parser.add_argument("--overrides", nargs="*", default=[], help="extra CLI overrides")
+    parser.add_argument(
+        "--first-overrides",
+        nargs="*",
+        default=[],
+        help="overrides for the first commit only (a validation setting the second ships)",
+    )
     arguments = parser.parse_args()
     commits = [quality_v2.git("rev-parse", c) for c in (arguments.first, arguments.second)]
     same = True
     with tempfile.TemporaryDirectory() as out:
         for method in arguments.methods:
+            overrides = [arguments.overrides + arguments.first_overrides, arguments.overrides]
             runs = [
-                logged_rows(train_short(c, method, arguments.overrides, Path(out))) for c in commits
+                logged_rows(train_short(c, method, o, Path(out) / str(n)))
+                for n, (c, o) in enumerate(zip(commits, overrides))
             ]
             found = differences(*runs)
             equal, compared = bit_identical(*runs)
