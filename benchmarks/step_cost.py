@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from reco_lightning import BYOL, MoCo, SimCLR
 from reco_lightning.data import SSLDataModule
@@ -107,11 +107,13 @@ def time_steps(
 
 
 def reco_setting(item: str) -> tuple[str, object]:
-    """``negatives=batch`` -> ("negatives", "batch"); numbers and null as YAML reads them."""
-    key, sep, value = item.partition("=")
+    """``negatives=batch`` -> ("negatives", "batch"); values read as OmegaConf reads a CLI
+    dotlist, so ``1e-3`` is a float and ``null`` is None (plain YAML 1.1 keeps ``1e-3`` a
+    string)."""
+    key, sep, _ = item.partition("=")
     if not sep or not key:
         raise SystemExit(f"--reco {item!r}: write KEY=VALUE, e.g. --reco negatives=batch")
-    return key, yaml.safe_load(value)
+    return key, OmegaConf.to_container(OmegaConf.from_dotlist([item]))[key]
 
 
 def main() -> None:

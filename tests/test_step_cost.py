@@ -32,3 +32,10 @@ def test_reco_settings_reach_the_timed_model(monkeypatch, capsys):
 def test_a_reco_setting_without_a_value_is_refused():
     with pytest.raises(SystemExit, match="write KEY=VALUE"):
         step_cost.reco_setting("negatives")
+
+
+def test_a_reco_setting_reads_numbers_and_null_as_the_cli_does():
+    # plain YAML 1.1 reads 1e-3 as the string "1e-3", which the model would refuse or misuse
+    assert step_cost.reco_setting("temperature=1e-3") == ("temperature", 0.001)
+    assert step_cost.reco_setting("w_local=null") == ("w_local", None)
+    assert step_cost.reco_setting("negatives=batch") == ("negatives", "batch")
