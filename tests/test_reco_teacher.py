@@ -679,6 +679,8 @@ class NoWarmupSimCLR(SimCLR):
         (SimCLR, None, 20),  # the built-in methods' warm-up: 2 epochs of 10 steps
         (MoCo, None, 0),  # MoCo's validation chose none
         (MoCo, 2.0, 20),
+        (BYOL, None, 0),  # nor did BYOL's
+        (BYOL, 1.0, 10),
         (NoWarmupSimCLR, None, 0),
         (NoWarmupSimCLR, 1.0, 10),  # a user's setting overrides the method's
         (SimCLR, 0.0, 0),

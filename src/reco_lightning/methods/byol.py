@@ -33,6 +33,8 @@ class BYOL(ProjectedTarget, SSLMethod):
     """
 
     reco_mix = "mixup"  # why: docs/benchmarks.md, "How the defaults were chosen"
+    #: no warm-up of ReCo's weights: chosen by cpu16v2's validation cells (docs/benchmarks.md)
+    reco_warmup_epochs = 0.0
 
     def __init__(
         self,

@@ -40,8 +40,8 @@ class ReCoConfig:
     * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
       (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
     * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs; ``None``
-      (the default), the method's (``ReCo(..., warmup_epochs=)``: 0 for MoCo, which its
-      validation chose, and 2 for the others; docs/benchmarks.md).
+      (the default), the method's (``ReCo(..., warmup_epochs=)``: 0 for MoCo and BYOL, which
+      their validation chose, and 2 for the others; docs/benchmarks.md).
     * ``scale``: ``auto`` (the default) takes the method's choice (``ReCo(..., scale=)``):
       ``absolute`` for the built-in InfoNCE and BYOL-like methods and for user modules,
       ``relative`` for Barlow Twins. ``absolute`` adds ``w * term``, which assumes a method
