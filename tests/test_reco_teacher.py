@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from reco_lightning.errors import ConfigError
 from reco_lightning.losses.relation import global_relation_loss, interpolation_target
-from reco_lightning.methods import BYOL, MoCo, SimCLR
+from reco_lightning.methods import BYOL, MoCo, SimCLR, SimSiam
 from reco_lightning.models.queue import FeatureQueue
 from reco_lightning.reco import ReCo, ReCoConfig, ReCoMixin, TrainingProgress, training_progress
 from reco_lightning.reco import mixin as mixin_module
@@ -323,7 +323,7 @@ def test_teacher_moves_with_the_module():
 @pytest.mark.parametrize("cls, kind", [(MoCo, "target"), (BYOL, "target"), (SimCLR, "ema")])
 def test_auto_uses_the_methods_target_where_it_has_one(cls, kind):
     sizes = dict(proj_hidden_dim=32, proj_output_dim=16)
-    if cls is BYOL:
+    if cls in (BYOL, SimSiam):
         sizes["pred_hidden_dim"] = 32
     model = cls(
         num_classes=10,
@@ -398,10 +398,12 @@ def _method(cls, reco: dict):
     [
         (BYOL, "auto", "mixup"),
         (MoCo, "auto", "mixup"),
-        (SimCLR, "auto", "cutmix"),
+        (SimCLR, "auto", "mixup"),  # each one's validation chose Mixup
+        (SimSiam, "auto", "cutmix"),  # the paper's, for the methods validation did not tune
         (BYOL, "cutmix", "cutmix"),
         (MoCo, "cutmix", "cutmix"),
-        (SimCLR, "mixup", "mixup"),
+        (SimCLR, "cutmix", "cutmix"),
+        (SimSiam, "mixup", "mixup"),
     ],
 )
 def test_mix_auto_is_the_methods_choice_and_a_setting_overrides_it(cls, setting, used, monkeypatch):

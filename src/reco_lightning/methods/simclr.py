@@ -28,6 +28,9 @@ class SimCLR(SSLMethod):
         **kwargs: :class:`~reco_lightning.methods.base.SSLMethod`'s arguments.
     """
 
+    #: Mixup for ReCo's local term: chosen by cpu16v2's validation cells (docs/benchmarks.md)
+    reco_mix = "mixup"
+
     def __init__(
         self,
         temperature: float = 0.2,

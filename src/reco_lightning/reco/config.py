@@ -38,7 +38,8 @@ class ReCoConfig:
       ``online`` the online network under ``no_grad`` (an ablation, see
       docs/benchmarks.md).
     * ``mix``: ``cutmix`` (the paper's), ``mixup``, or ``auto``, the method's choice
-      (``ReCo(..., mix=)``; why, in docs/benchmarks.md, "Mixup for BYOL and MoCo").
+      (``ReCo(..., mix=)``: Mixup for MoCo, SimCLR and BYOL, which their validation
+      chose; docs/benchmarks.md, "How the defaults were chosen").
     * ``warmup_epochs``: both weights rise linearly from 0 over that many epochs; ``None``
       (the default), the method's (``ReCo(..., warmup_epochs=)``: 0 for MoCo and BYOL, which
       their validation chose, and 2 for the others; docs/benchmarks.md).
