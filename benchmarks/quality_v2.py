@@ -57,8 +57,9 @@ CODE_TREES = ROOT / "benchmark_runs" / "code"
 VAL_CODE = "960070b3c194057dc429cef5fa71a376ebb832ca"
 #: the code the test cells run: a commit whose shipped defaults are what validation chose
 #: (``check_test_cell`` verifies it) and whose last.ckpt is the last epoch (RunCheckpoints,
-#: 65641ed or later; :func:`code_for` verifies it); None until validation is complete
-TEST_CODE: str | None = None
+#: 65641ed or later; :func:`code_for` verifies it); set on 2026-12-07, when validation was
+#: complete: the commit that shipped SimCLR's Mixup, the last of the three methods' choices
+TEST_CODE: str | None = "7d805822da2f7eb9aa2ab86b7f889c072bfc18b0"
 
 PROTOCOL_OVERRIDES = [
     "dataset=imagefolder",
