@@ -131,10 +131,10 @@ def main() -> int:
     )
     arguments = parser.parse_args()
     commits = [quality_v2.git("rev-parse", c) for c in (arguments.first, arguments.second)]
+    overrides = [arguments.overrides + arguments.first_overrides, arguments.overrides]
     same = True
     with tempfile.TemporaryDirectory() as out:
         for method in arguments.methods:
-            overrides = [arguments.overrides + arguments.first_overrides, arguments.overrides]
             runs = [
                 logged_rows(train_short(c, method, o, Path(out) / str(n)))
                 for n, (c, o) in enumerate(zip(commits, overrides))

@@ -323,7 +323,7 @@ def test_teacher_moves_with_the_module():
 @pytest.mark.parametrize("cls, kind", [(MoCo, "target"), (BYOL, "target"), (SimCLR, "ema")])
 def test_auto_uses_the_methods_target_where_it_has_one(cls, kind):
     sizes = dict(proj_hidden_dim=32, proj_output_dim=16)
-    if cls in (BYOL, SimSiam):
+    if cls is BYOL:
         sizes["pred_hidden_dim"] = 32
     model = cls(
         num_classes=10,
@@ -380,7 +380,7 @@ def test_teacher_setting_overrides_auto(choice, kind, monkeypatch):
 # --------------------------------------------------------------------------- which mixing
 def _method(cls, reco: dict):
     sizes = dict(proj_hidden_dim=32, proj_output_dim=16)
-    if cls is BYOL:
+    if cls in (BYOL, SimSiam):
         sizes["pred_hidden_dim"] = 32
     if cls is MoCo:
         sizes["queue_size"] = 64
