@@ -3,6 +3,7 @@ cell with ReCo on runs only with the settings committed validation cells chose."
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -111,6 +112,19 @@ def test_every_group_names_each_cell_once_and_validation_never_reads_test_images
     assert len({cell.name for cell in cells}) == len(cells)
     assert all(cell.split == "trainval" for cell in q.val_cells())
     assert len(q.test_cells()) == 18 and {c.seed for c in q.test_cells()} == {0, 1, 2}
+
+
+def test_validation_cells_run_what_they_recorded_and_the_test_split_one_precision():
+    """Validation ran under bf16 (each committed file records it); every test-split cell
+    runs float32, so each of its comparisons stays within one precision."""
+    for cell in q.val_cells():
+        recorded = q.RESULTS / f"{cell.name}.json"
+        assert json.loads(recorded.read_text())["protocol_overrides"] == cell.protocol_overrides()
+    test_split = [c for n, g in q.groups().items() for c in g if c.split == "test"]
+    assert len(test_split) == 18 + 6 + 6 + 6
+    for cell in test_split:
+        precisions = [o for o in cell.arguments(DATA) if o.startswith("trainer.precision=")]
+        assert precisions == ["trainer.precision=32-true"], cell.name
 
 
 def test_test_cells_refuse_code_whose_last_checkpoint_is_the_best_epoch(monkeypatch):
