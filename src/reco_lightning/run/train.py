@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -33,6 +34,7 @@ from ..utils.optim import check_optimizer
 from .callbacks import EpochProgressBar, RunCheckpoints, TrainingClock
 from .checkpoints import AtomicCheckpointIO, read_checkpoint
 from .config_checks import as_dict
+from .cpu_precision import bf16_cpu_warning, cpu_flags
 from .launch import local_ranks
 from .metrics_log import CSVHistoryLogger, MetricsHistory
 from .run_dir import (
@@ -192,6 +194,11 @@ def _train_locked(
             cfg.dataset.image_size = datamodule.image_size
     check_strategy(cfg)
     trainer = build_trainer(cfg, output_dir, callbacks)
+    slow_bf16 = bf16_cpu_warning(
+        trainer.precision, isinstance(trainer.accelerator, CPUAccelerator), cpu_flags()
+    )
+    if slow_bf16 and rank_zero:
+        warnings.warn(f"reco_lightning: {slow_bf16}", UserWarning, stacklevel=2)
     model = build_method(cfg, datamodule, trainer, reco)
     if rank_zero:
         check_writable(output_dir)
