@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "run.__init__": 0,
     "run.config_checks": 0,
     "run.checkpoints": 0,
+    "run.cpu_precision": 0,
     "models": 0,
     "losses": 0,
     "metrics": 0,
