@@ -65,6 +65,7 @@ def test_an_error_from_a_loader_worker_reads_as_its_own_message():
     assert one_line(ValueError("plain\nmessage")) == "plain message"
 
 
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_a_short_run_writes_its_outputs_and_prints_a_summary(tmp_path, tiny):
     result = run_cli("+method=byol", "+reco=on", *tiny, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -170,6 +171,7 @@ def test_help_lists_the_presets_without_importing_lightning():
     assert "+reco=" in done.stdout and "imagefolder" in done.stdout
 
 
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_a_preset_from_the_users_own_folder_inherits_a_shipped_one(tmp_path):
     """``hydra.searchpath`` adds the user's folder: ``method/moco_long.yaml`` there builds on
     the shipped ``method/moco`` and states only what differs."""

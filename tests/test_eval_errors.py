@@ -207,6 +207,7 @@ def test_eval_command_on_a_truncated_checkpoint_is_one_line(runs, tmp_path):
 
 
 # -- 12: no checkpoint= -----------------------------------------------------------------------
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_eval_command_without_checkpoint_is_one_line(tmp_path):
     done = run_module("reco_lightning.eval", cwd=tmp_path)
     assert_one_line_error(done, "checkpoint is not set", "checkpoint=")

@@ -228,6 +228,7 @@ def test_knn_accuracy_comes_from_the_summary_of_the_same_step_else_the_checkpoin
     assert knn_record(tmp_path, Path("best-x.ckpt"), state)[0] == 0.25
 
 
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_export_command_on_a_truncated_checkpoint_is_one_line(tmp_path):
     run = fake_run(tmp_path / "run", 8, True)
     bad = run / "checkpoints" / "cut.ckpt"

@@ -47,6 +47,7 @@ def test_notebook_is_stored_without_outputs():
             )
 
 
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_notebook_executes_and_plots(tmp_path, monkeypatch):
     # A non-inline MPLBACKEND in the caller's environment (e.g. Agg on CI) would reach the
     # kernel; the notebook also says `%matplotlib inline`, this just keeps the env clean.

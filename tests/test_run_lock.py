@@ -144,6 +144,7 @@ def test_the_lock_is_gone_after_a_run_that_failed(compose_config, tiny, tmp_path
     assert (run / "config.yaml").is_file() and not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # a subprocess: 10-30 s on an AVX2 CPU
 def test_cli_second_process_is_refused_with_one_line_and_exit_2(tmp_path, tiny):
     run = tmp_path / "run"
     run.mkdir()
