@@ -67,6 +67,7 @@ PROTOCOL_OVERRIDES = [
     "dataset.image_size=16",
     "backbone.width=16",
     "dataset.batch_size=256",
+    "trainer.precision={precision}",  # the split's: VAL_PRECISION or TEST_PRECISION
     "trainer.max_epochs=20",
     "dataset.num_workers=0",
     "dataset.pin_memory=false",
@@ -143,12 +144,7 @@ class Cell:
         """The protocol's settings for this cell: :data:`PROTOCOL_OVERRIDES` and its split's
         precision."""
         precision = VAL_PRECISION if self.split == "trainval" else TEST_PRECISION
-        at = PROTOCOL_OVERRIDES.index("dataset.batch_size=256") + 1  # where validation has it
-        return [
-            *PROTOCOL_OVERRIDES[:at],
-            f"trainer.precision={precision}",
-            *PROTOCOL_OVERRIDES[at:],
-        ]
+        return [override.format(precision=precision) for override in PROTOCOL_OVERRIDES]
 
     def arguments(self, data_root: str) -> list[str]:
         """The CLI's overrides, without the run directory (recorded as they are)."""
@@ -914,7 +910,7 @@ DOC_BLOCKS = {
 
 def report(results: dict[str, dict]) -> None:
     print(
-        f"# Protocol {PROTOCOL}: {' '.join(PROTOCOL_OVERRIDES)}; trainer.precision="
+        f"# Protocol {PROTOCOL}: {' '.join(PROTOCOL_OVERRIDES)}; precision: "
         f"{VAL_PRECISION} (validation), {TEST_PRECISION} (test split)\n"
     )
     for name, function in DOC_BLOCKS.items():

@@ -194,10 +194,11 @@ def _train_locked(
             cfg.dataset.image_size = datamodule.image_size
     check_strategy(cfg)
     trainer = build_trainer(cfg, output_dir, callbacks)
-    slow_bf16 = bf16_cpu_warning(
-        trainer.precision, isinstance(trainer.accelerator, CPUAccelerator), cpu_flags()
-    )
-    if slow_bf16 and rank_zero:
+    if rank_zero and (
+        slow_bf16 := bf16_cpu_warning(
+            trainer.precision, isinstance(trainer.accelerator, CPUAccelerator), cpu_flags()
+        )
+    ):
         warnings.warn(f"reco_lightning: {slow_bf16}", UserWarning, stacklevel=2)
     model = build_method(cfg, datamodule, trainer, reco)
     if rank_zero:
